@@ -1,0 +1,1 @@
+"""Synthetic infrared small-target data: frames, datasets and videos."""

@@ -1,0 +1,1 @@
+"""FastAPI detection service: validates, enqueues and answers; never imports torch."""

@@ -1,0 +1,1 @@
+"""rq workers: load MASENet once, batch image jobs, video chunks and Grad-CAM."""
