@@ -1,9 +1,191 @@
-"""Subcommands contributed to `masenet` (see service/cli.py). No heavy imports at module level."""
+"""Subcommands contributed to `masenet` (see service/cli.py). No heavy imports at module level.
+
+masenet serve --host 127.0.0.1 --port 8000   the API under uvicorn (one process)
+masenet up [--host --port]                   Redis (MASENET_REDIS_URL, or a private redis-server), one
+                                             worker and the API; Ctrl-C stops everything it started
+masenet bench service [...]                  throughput and latency of POST /detect per concurrency
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+import time
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 300.0
 
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
-    """Add this package's subcommands and benchmarks."""
+    """Add serve, up and `bench service`."""
+    serve = subparsers.add_parser("serve", help="run the HTTP API (settings from MASENET_* variables)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    serve.set_defaults(func=run_serve)
+
+    up = subparsers.add_parser(
+        "up", help="run Redis (if needed), one worker and the API locally; Ctrl-C stops them all"
+    )
+    up.add_argument("--host", default="127.0.0.1", help="API address (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
+    up.set_defaults(func=run_up)
+
+    bench = bench_subparsers.add_parser(
+        "service",
+        help="throughput and latency of POST /detect at several concurrencies, next to the bare model",
+    )
+    bench.add_argument("--url", default=None, help="a running service; default: start Redis, a worker and the API")
+    bench.add_argument("--concurrency", default="1,4,16,64", help="comma-separated client counts (default 1,4,16,64)")
+    bench.add_argument("--requests", type=int, default=200, help="requests per concurrency level (default 200)")
+    bench.add_argument("--size", default="320x256", help="frame WIDTHxHEIGHT (default 320x256)")
+    bench.add_argument("--imgsz", type=int, default=320, help="inference size sent with each request (default 320)")
+    bench.add_argument("--weights", default=None, help="checkpoint for the worker and the bare model")
+    bench.add_argument("--device", default=None, help="device for the worker and the bare model (default auto)")
+    bench.add_argument("--max-batch", type=int, default=None, help="worker MASENET_MAX_BATCH (default per device)")
+    bench.add_argument(
+        "--metrics-url", default=None, help="worker /metrics URL for batch sizes (self-started: found automatically)"
+    )
+    bench.add_argument("--api-key", default=None, help="bearer key for a service with MASENET_API_KEYS")
+    bench.add_argument("--skip-bare", action="store_true", help="do not measure the bare model")
+    bench.set_defaults(func=run_bench_service)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    level = logging.getLogger().getEffectiveLevel()
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_level=logging.getLevelName(level).lower(),
+        access_log=level <= logging.INFO,
+    )
+    return 0
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise _Stop(signum)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from service.launch import (
+        LaunchError,
+        ProcessGroup,
+        child_env,
+        masenet_command,
+        redis_reachable,
+        start_private_redis,
+        wait_until_ready,
+    )
+    from service.settings import get_settings, mask_url_password
+
+    settings = get_settings()
+    group = ProcessGroup()
+    previous = {signum: signal.signal(signum, _raise_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        redis_url = settings.redis_url
+        if redis_reachable(redis_url):
+            print(f"using Redis at {mask_url_password(redis_url)}")
+        else:
+            print(f"Redis at {mask_url_password(redis_url)} is not reachable: starting a private redis-server")
+            redis_url = start_private_redis(group)
+            print(f"private Redis at {redis_url} (no persistence; stopped on exit)")
+        env = child_env({"MASENET_REDIS_URL": redis_url})
+        group.start("worker", masenet_command("worker"), env=env)
+        group.start("api", masenet_command("serve", "--host", args.host, "--port", str(args.port)), env=env)
+        shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        base_url = f"http://{shown_host}:{args.port}"
+        print(f"waiting for the worker to load the model ({base_url}/readyz) ...")
+        wait_until_ready(base_url, READY_TIMEOUT_S, group)
+        print(f"MASENet detection service ready at {base_url} (API docs: {base_url}/docs). Ctrl-C to stop.")
+        while (exited := group.first_exited()) is None:
+            time.sleep(0.5)
+        print(f"a service process exited (code {exited.returncode}); stopping the others")
+        return 1
+    except _Stop:
+        print("stopping ...")
+        return 0
+    except LaunchError as exc:
+        print(f"masenet up: {exc}")
+        return 1
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        group.stop()
+
+
+def run_bench_service(args: argparse.Namespace) -> int:
+    from service import bench
+    from service.launch import (
+        ProcessGroup,
+        child_env,
+        free_port,
+        masenet_command,
+        start_private_redis,
+        wait_until_ready,
+    )
+    from service.settings import DEFAULT_MAX_BATCH_CPU, DEFAULT_MAX_BATCH_GPU, get_settings
+
+    width, height = (int(value) for value in args.size.lower().split("x"))
+    levels = [int(value) for value in args.concurrency.split(",") if value.strip()]
+    settings = get_settings()
+    weights = args.weights or (str(settings.weights) if settings.weights else None)
+    device = args.device or settings.device
+    frames = bench.synthetic_frames(width, height)
+    payloads = [bench.encode_png(frame) for frame in frames]
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+
+    max_batch = args.max_batch or settings.max_batch
+    if max_batch is None:
+        import torch
+
+        on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        max_batch = DEFAULT_MAX_BATCH_GPU if on_gpu else DEFAULT_MAX_BATCH_CPU
+    bare_runs: list[float] = []
+    if not args.skip_bare:  # measured before and after the service, never beside it; the table uses the mean
+        print(f"bare model: Detector.detect on {width}x{height} frames, batch {max_batch}, imgsz {args.imgsz} ...")
+        bare_runs.append(bench.bare_model_throughput(frames, weights, device, max_batch, args.imgsz))
+
+    group = ProcessGroup()
+    try:
+        url, metrics_url = args.url, args.metrics_url
+        if url is None:
+            redis_url = start_private_redis(group)
+            port, metrics_port = free_port(), free_port()
+            overrides = {
+                "MASENET_REDIS_URL": redis_url,
+                "MASENET_WORKER_METRICS_PORT": str(metrics_port),
+                "MASENET_MAX_BATCH": str(max_batch),
+                "MASENET_DEVICE": device,
+                "MASENET_MAX_QUEUE": str(max(1024, 4 * max(levels))),
+            }
+            if weights:
+                overrides["MASENET_WEIGHTS"] = weights
+            env = child_env(overrides)
+            group.start("worker", masenet_command("--log-level", "WARNING", "worker"), env=env)
+            group.start("api", masenet_command("--log-level", "WARNING", "serve", "--port", str(port)), env=env)
+            url = f"http://127.0.0.1:{port}"
+            metrics_url = metrics_url or f"http://127.0.0.1:{metrics_port}/metrics"
+            print(f"started Redis, a worker (max batch {max_batch}) and the API at {url}")
+            wait_until_ready(url, READY_TIMEOUT_S, group)
+        results = bench.run_levels(url, payloads, levels, args.requests, args.imgsz, metrics_url, headers)
+    finally:
+        group.stop()
+    if bare_runs:
+        bare_runs.append(bench.bare_model_throughput(frames, weights, device, max_batch, args.imgsz))
+    bare = sum(bare_runs) / len(bare_runs) if bare_runs else None
+    print(
+        f"\nPOST /detect, one {width}x{height} PNG per request, imgsz {args.imgsz}, {args.requests} requests per level"
+    )
+    print(bench.format_table(results, bare, max_batch))
+    if bare_runs:
+        print("bare model runs (before, after the service): " + ", ".join(f"{run:.1f}" for run in bare_runs) + " img/s")
+    return 0

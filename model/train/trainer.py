@@ -1,0 +1,516 @@
+"""Training loop: `train(TrainConfig) -> TrainResult`.
+
+One run writes, under `out/`:
+
+    weights/last.pt          everything needed to resume (model, EMA, optimiser, epoch, best fitness, config),
+                             a torch.save dict of tensors and primitives (loads with weights_only=True)
+    weights/best.pt          the same without the optimiser, at the best fitness (0.1 mAP50 + 0.9 mAP50-95)
+    weights/best.safetensors the best EMA weights in float16 through model.checkpoint.save_checkpoint,
+                             with provenance (command, dataset, epochs, imgsz, hardware, wall time, metrics)
+    results.csv              one row per epoch; losses.png and pr_curve.png
+
+Optimiser: "auto" takes AdamW (lr 0.002 * 5 / (4 + nc)) for short runs (under 10,000 iterations) and SGD
+(lr 0.01, Nesterov momentum 0.937) for long ones; weight decay applies to weights of convolutions and linear
+layers only. Mixed precision on CUDA only; gradients clipped to norm 10; an EMA of the weights is what gets
+validated and exported.
+
+Learning rate: a linear warm-up (warmup_epochs, at least 20 iterations, at most 10% of the planned iterations
+or 5% of the progress), then a cosine from lr0 down to lr0 * lrf over the run's progress:
+
+    progress = max(iterations done / (epochs * iterations per epoch), wall time used / time budget)
+
+so with `time_limit` the cosine reaches its floor when the budget runs out, whichever comes first. The budget
+is the time limit minus a reserve for the final validation and checkpoint (estimated from the step time,
+then measured at each validation).
+When the time is up the epoch stops early, validates, checkpoints and the run ends cleanly. On resume the
+progress continues from the saved value and a new time limit spreads the rest of the schedule over it.
+Mosaic is switched off for the last 10% of the progress.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from model.errors import CheckpointError
+from model.train.augment import AugmentConfig
+from model.train.data import YoloDataset, collate, describe, worker_count
+from model.train.evaluate import evaluate, plot_losses, plot_pr_curve
+from model.train.loss import DetectionLoss
+
+logger = logging.getLogger(__name__)
+
+LOSS_NAMES = ("box", "cls", "dfl")
+CLOSE_MOSAIC = 0.9
+WARMUP_PROGRESS = 0.05
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (the `masenet train` options)."""
+
+    data: str
+    scale: str = "n"
+    imgsz: int = 320
+    epochs: int = 100
+    batch: int = 16
+    workers: int = 2
+    device: str = "auto"
+    out: str = "runs/train/exp"
+    resume: bool = False
+    weights: str | None = None
+    time_limit: float | None = None  # minutes
+    lr0: float | None = None  # None: chosen with the optimiser
+    lrf: float = 0.01
+    optimizer: str = "auto"  # auto, sgd, adamw
+    momentum: float = 0.937
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 3.0
+    val_every: int = 1
+    seed: int = 0
+    mosaic: float = 0.5
+    ema_decay: float = 0.9999
+    max_grad_norm: float = 10.0
+    cache: bool | None = None
+    threads: int | None = None  # torch CPU threads; None keeps torch's default (one per core)
+    command: str = field(default_factory=lambda: " ".join(["masenet", *sys.argv[1:]]))
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best: Path
+    last: Path
+    exported: Path
+    epochs_completed: int
+    best_fitness: float
+    metrics: dict[str, Any]
+    wall_seconds: float
+    stopped_by_time: bool
+
+
+class ModelEMA:
+    """Exponential moving average of a model's state; the decay ramps up as decay * (1 - exp(-updates / tau))."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0, updates: int = 0) -> None:
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.tau, self.updates = decay, tau, updates
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        weight = self.decay * (1 - math.exp(-self.updates / self.tau))
+        current = model.state_dict()
+        for name, value in self.module.state_dict().items():
+            if value.dtype.is_floating_point:
+                value.mul_(weight).add_(current[name].detach(), alpha=1 - weight)
+            else:
+                value.copy_(current[name])
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decayed, plain = [], []
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if not parameter.requires_grad:
+                continue
+            is_weight = name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear))
+            (decayed if is_weight else plain).append(parameter)
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, planned_iterations: int, nc: int) -> torch.optim.Optimizer:
+    """SGD or AdamW (see the module docstring); the base lr is kept in each group's 'initial_lr'."""
+    name = config.optimizer.lower()
+    if name == "auto":
+        name = "adamw" if planned_iterations < 10_000 else "sgd"
+    groups = _param_groups(model, config.weight_decay)
+    if name == "adamw":
+        lr = config.lr0 or round(0.002 * 5 / (4 + nc), 6)
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
+    elif name == "sgd":
+        lr = config.lr0 or 0.01
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=True)
+    else:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; choose auto, sgd or adamw")
+    for group in optimizer.param_groups:
+        group["initial_lr"] = lr
+    logger.info("optimizer %s, lr0 %g, %d planned iterations", name, lr, planned_iterations)
+    return optimizer
+
+
+def lr_factor(progress: float, iteration: int, warmup_iterations: int, lrf: float) -> float:
+    """Warm-up times cosine: the fraction of lr0 at this point of the run.
+
+    The warm-up ends after `warmup_iterations` or at WARMUP_PROGRESS of the progress, whichever comes first (a
+    time-limited run may do fewer iterations than planned from the epochs).
+    """
+    cosine = lrf + (1 - lrf) * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    if warmup_iterations <= 0:
+        return cosine
+    return cosine * min(1.0, max((iteration + 1) / warmup_iterations, progress / WARMUP_PROGRESS))
+
+
+def _plain_metrics(result: dict[str, Any] | None) -> dict[str, float]:
+    """The overall row as plain floats (what goes into checkpoints, CSV rows and provenance)."""
+    if not result:
+        return {}
+    overall = result["all"]
+    values = {key: overall[key] for key in ("precision", "recall", "map50", "map50_95", "pd", "fa_per_frame")}
+    values.update({f"pd_{name}": value for name, value in overall["pd_by_size"].items()})
+    return {key: float(value) for key, value in values.items()}
+
+
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA), torch {torch.__version__}"
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch "
+        f"threads, torch {torch.__version__}"
+    )
+
+
+def _output_dir(config: TrainConfig) -> Path:
+    out = Path(config.out)
+    if config.resume or not (out / "weights" / "last.pt").exists():
+        return out
+    number = 2
+    while (out.parent / f"{out.name}{number}" / "weights" / "last.pt").exists():
+        number += 1
+    chosen = out.parent / f"{out.name}{number}"
+    logger.info("%s already holds a run; writing to %s (use --resume to continue it)", out, chosen)
+    return chosen
+
+
+def _initial_model(config: TrainConfig, nc: int) -> nn.Module:
+    from model.checkpoint import load_checkpoint
+    from model.masenet import build_model
+
+    if not config.weights:
+        return build_model(scale=config.scale, nc=nc)
+    source, meta = load_checkpoint(config.weights, device="cpu")
+    model = build_model(scale=meta.scale, nc=nc)
+    target = model.state_dict()
+    matching = {k: v for k, v in source.state_dict().items() if k in target and v.shape == target[k].shape}
+    model.load_state_dict(matching, strict=True)
+    logger.info(
+        "initialised %d of %d tensors from %s (masenet-%s)", len(matching), len(target), config.weights, meta.scale
+    )
+    return model
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    temporary = path.with_suffix(".tmp")
+    torch.save(state, temporary)
+    temporary.replace(path)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def _resume_state(config: TrainConfig, last_path: Path) -> tuple[TrainConfig, dict[str, Any]]:
+    """The saved run state and its config, with this invocation's epochs (if larger), time limit and devices."""
+    if not last_path.is_file():
+        raise CheckpointError(f"nothing to resume: {last_path} not found")
+    state = torch.load(last_path, map_location="cpu", weights_only=True)
+    saved = dict(state["config"])
+    saved.update(
+        resume=True,
+        epochs=max(config.epochs, int(saved["epochs"])),
+        time_limit=config.time_limit,
+        workers=config.workers,
+        device=config.device,
+        threads=config.threads,
+        command=config.command,
+    )
+    config = TrainConfig(**saved)
+    if state["epoch"] >= config.epochs:
+        raise CheckpointError(
+            f"{last_path}: training already finished {state['epoch']} of {config.epochs} epochs; pass a larger "
+            "--epochs to continue"
+        )
+    return config, state
+
+
+class _Run:
+    """The state of one training run; `train` drives it epoch by epoch."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        from model.detector import resolve_device
+
+        self.started = time.perf_counter()
+        self.out = _output_dir(config)
+        self.last_path, self.best_path = self.out / "weights" / "last.pt", self.out / "weights" / "best.pt"
+        resumed = None
+        if config.resume:
+            config, resumed = _resume_state(config, self.last_path)
+        self.config = config
+        (self.out / "weights").mkdir(parents=True, exist_ok=True)
+        _seed_everything(config.seed)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = resolve_device(config.device)
+        self.use_amp = self.device.type == "cuda"
+
+        augment = AugmentConfig(mosaic=config.mosaic)
+        self.train_set = YoloDataset(config.data, "train", config.imgsz, augment, config.cache, seed=config.seed)
+        self.val_set = YoloDataset(self.train_set.config, "val", config.imgsz, augment=None, cache=False)
+        self.batch_size = max(1, min(config.batch, len(self.train_set)))
+        self.iterations_per_epoch = math.ceil(len(self.train_set) / self.batch_size)
+        self.planned_iterations = config.epochs * self.iterations_per_epoch
+        warmup = max(round(config.warmup_epochs * self.iterations_per_epoch), 20)
+        self.warmup_iterations = min(warmup, self.planned_iterations // 10)
+
+        nc = self.train_set.num_classes
+        self.model = _initial_model(config, nc).to(self.device).train()
+        self.optimizer = build_optimizer(self.model, config, self.planned_iterations, nc)
+        tau = float(min(2000, max(10, self.planned_iterations // 5)))
+        self.ema = ModelEMA(self.model, config.ema_decay, tau=tau)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.criterion = DetectionLoss(nc, strides=self.model.strides, reg_max=self.model.reg_max)
+        self.start_epoch, self.iteration, self.progress_start, self.best_fitness = 0, 0, 0.0, -1.0
+        self.elapsed_before = 0.0
+        self.best_result: dict[str, Any] | None = None
+        self.rows: list[dict[str, Any]] = []
+        if resumed is not None:
+            self._restore(resumed)
+        self.progress = self.progress_start
+        self.time_budget = config.time_limit * 60.0 if config.time_limit else None
+        self.reserve = 0.0  # seconds kept for the last validation and checkpoint
+        self.reserve_measured = False
+        self.stopped_by_time = False
+        logger.info("%s; %s", describe(self.train_set), describe(self.val_set))
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.module.load_state_dict(state["ema"])
+        self.ema.updates = int(state["ema_updates"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.use_amp and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
+        self.progress_start, self.best_fitness = float(state["progress"]), float(state["best_fitness"])
+        self.elapsed_before = float(state.get("elapsed", 0.0))
+        self.rows = _read_csv(self.out / "results.csv")
+        logger.info("resuming %s at epoch %d/%d", self.out, self.start_epoch + 1, self.config.epochs)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def current_progress(self) -> float:
+        by_steps = self.iteration / self.planned_iterations
+        if not self.time_budget:
+            return by_steps
+        used = self.elapsed() / max(self.time_budget - self.reserve, 1.0)
+        return max(by_steps, self.progress_start + (1 - self.progress_start) * used)
+
+    def _step(self, batch: dict[str, Any]) -> Tensor:
+        """One optimiser step; returns the detached (3,) loss items."""
+        self.progress = self.current_progress()
+        factor = lr_factor(self.progress, self.iteration, self.warmup_iterations, self.config.lrf)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        images = batch["images"].to(self.device, non_blocking=True).float().div_(255.0)  # (B, 3, S, S)
+        targets = batch["targets"].to(self.device)  # (M, 6)
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            levels = self.model(images)
+        total, items = self.criterion(levels, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.ema.update(self.model)
+        self.iteration += 1
+        return items.cpu()
+
+    def train_epoch(self, epoch: int) -> list[float]:
+        """Train one epoch (or until the time budget is spent); returns the mean box, cls and dfl losses."""
+        from tqdm import tqdm
+
+        self.train_set.epoch = epoch
+        augment = self.train_set.augment
+        if self.progress >= CLOSE_MOSAIC and augment is not None and augment.mosaic > 0:
+            self.train_set.augment = dataclasses.replace(augment, mosaic=0.0)
+            logger.info("mosaic off for the rest of the run")
+        loader = torch.utils.data.DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=worker_count(self.config.workers),
+            collate_fn=collate,
+            generator=torch.Generator().manual_seed(self.config.seed * 1000 + epoch),
+            pin_memory=self.device.type == "cuda",
+        )
+        self.model.train()
+        sums, seen, step_seconds = torch.zeros(3), 0, 0.0
+        val_batches = math.ceil(len(self.val_set) / self.batch_size)
+        description = f"epoch {epoch + 1}/{self.config.epochs}"
+        bar = tqdm(loader, desc=description, file=sys.stderr, leave=False, dynamic_ncols=True)
+        for batch in bar:
+            step_started = time.perf_counter()
+            sums += self._step(batch)
+            seen += 1
+            step_seconds += time.perf_counter() - step_started
+            if not self.reserve_measured:  # until a validation is timed: forward-only is about a third of a step
+                self.reserve = 0.5 * step_seconds / seen * val_batches + 5.0
+            remaining = self.elapsed() * (1 / self.progress - 1) if self.progress > 0.01 else None
+            postfix = {name: f"{value:.3f}" for name, value in zip(LOSS_NAMES, (sums / seen).tolist(), strict=True)}
+            postfix["lr"] = f"{self.optimizer.param_groups[0]['lr']:.2e}"
+            postfix["eta"] = time.strftime("%H:%M:%S", time.gmtime(remaining)) if remaining is not None else "?"
+            bar.set_postfix(postfix)
+            if self.time_budget and self.elapsed() >= self.time_budget - self.reserve:
+                self.stopped_by_time = True
+                break
+        bar.close()
+        means = (sums / max(seen, 1)).tolist()
+        if not all(math.isfinite(value) for value in means):
+            raise FloatingPointError(f"loss became non-finite in epoch {epoch + 1}; lower --lr0 or check the labels")
+        self.progress = self.current_progress()
+        return means
+
+    def validate(self) -> dict[str, Any]:
+        result = evaluate(self.ema.module, self.val_set, imgsz=self.config.imgsz, batch_size=self.batch_size)
+        self.reserve, self.reserve_measured = 1.5 * result["seconds"] + 5.0, True
+        return result
+
+    def _state(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "ema": {k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()},
+            "ema_updates": self.ema.updates,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.use_amp else {},
+            "epoch": epoch + 1,
+            "iteration": self.iteration,
+            "progress": float(self.progress),
+            "best_fitness": self.best_fitness,
+            "elapsed": self.elapsed_before + self.elapsed(),
+            "config": dataclasses.asdict(self.config),
+            "names": list(self.train_set.names),
+            "scale": self.model.scale,
+            "metrics": metrics,
+        }
+
+    def finish_epoch(self, epoch: int, losses: list[float], result: dict[str, Any] | None, seconds: float) -> None:
+        """Record the epoch: CSV row, last/best checkpoints, plots, a log line."""
+        metrics = _plain_metrics(result)
+        improved = result is not None and result["fitness"] > self.best_fitness
+        if improved:
+            self.best_fitness, self.best_result = float(result["fitness"]), result
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        row.update({f"lr/pg{i}": f"{group['lr']:.6g}" for i, group in enumerate(self.optimizer.param_groups)})
+        row.update({f"train/{name}": f"{value:.5f}" for name, value in zip(LOSS_NAMES, losses, strict=True)})
+        for key in ("precision", "recall", "map50", "map50_95", "pd", "fa_per_frame"):
+            row[f"val/{key}"] = f"{metrics[key]:.5f}" if key in metrics else ""
+        row["seconds"] = f"{seconds:.1f}"
+        self.rows.append(row)
+        state = self._state(epoch, metrics)
+        _save(self.last_path, state)
+        if improved or not self.best_path.exists():
+            _save(self.best_path, {key: value for key, value in state.items() if key not in ("optimizer", "scaler")})
+        _write_csv(self.out / "results.csv", self.rows)
+        plot_losses(self.rows, self.out / "losses.png")
+        if self.best_result is not None:
+            plot_pr_curve(self.best_result, self.out / "pr_curve.png")
+        summary = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k in ("map50", "map50_95", "pd"))
+        loss_text = " ".join(f"{value:.3f}" for value in losses)
+        summary = f"; {summary}" if summary else ""
+        logger.info("epoch %d/%d: loss %s%s (%.1fs)", epoch + 1, self.config.epochs, loss_text, summary, seconds)
+
+    def export(self, epochs_completed: int) -> TrainResult:
+        """Write best.safetensors (fp16, with provenance) from the best EMA weights."""
+        from model.checkpoint import save_checkpoint
+
+        wall = self.elapsed_before + self.elapsed()
+        best_state = torch.load(self.best_path, map_location="cpu", weights_only=True)
+        export_model = copy.deepcopy(self.ema.module).cpu()
+        export_model.load_state_dict(best_state["ema"])
+        metrics = dict(best_state["metrics"])
+        config = self.config
+        provenance = {
+            "command": config.command,
+            "dataset": str(Path(config.data).resolve()),
+            "dataset_summary": f"{describe(self.train_set)}; {describe(self.val_set)}",
+            "epochs": int(best_state["epoch"]),
+            "epochs_completed": epochs_completed,
+            "epochs_planned": config.epochs,
+            "imgsz": config.imgsz,
+            "batch": self.batch_size,
+            "scale": self.model.scale,
+            "hardware": _hardware(self.device),
+            "wall_seconds": round(wall, 1),
+            "time_limit_minutes": config.time_limit,
+            "metrics": metrics,
+            "metrics_note": "val split, EMA weights; P, R, Pd, Fa at conf 0.25; mAP at conf 0.001",
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        exported = save_checkpoint(
+            self.out / "weights" / "best.safetensors",
+            export_model,
+            class_names=list(self.train_set.names),
+            imgsz=config.imgsz,
+            provenance=provenance,
+        )
+        logger.info("best fitness %.4f; exported %s", self.best_fitness, exported)
+        return TrainResult(
+            out_dir=self.out,
+            best=self.best_path,
+            last=self.last_path,
+            exported=exported,
+            epochs_completed=epochs_completed,
+            best_fitness=self.best_fitness,
+            metrics=metrics,
+            wall_seconds=wall,
+            stopped_by_time=self.stopped_by_time,
+        )
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train MASENet on a YOLO dataset (see the module docstring)."""
+    run = _Run(config)
+    epoch = run.start_epoch
+    for epoch in range(run.start_epoch, run.config.epochs):
+        epoch_started = time.perf_counter()
+        losses = run.train_epoch(epoch)
+        last = run.stopped_by_time or epoch + 1 == run.config.epochs
+        validate = last or (epoch + 1) % max(run.config.val_every, 1) == 0
+        result = run.validate() if validate else None
+        run.finish_epoch(epoch, losses, result, time.perf_counter() - epoch_started)
+        if run.stopped_by_time:
+            logger.info("time limit of %g min reached in epoch %d; stopping", run.config.time_limit, epoch + 1)
+            break
+    return run.export(epoch + 1)

@@ -1,0 +1,140 @@
+"""The job contract shared by the API and the workers (pydantic only, no torch).
+
+An image job travels as JSON inside an rq job (rq's JSON serializer, never pickle); the image bytes sit
+raw in Redis under `data_key` with a TTL. The worker completes the job through rq (result or failure,
+registries) and also pushes a `ReplyMessage` onto the request's reply list, which the API waits on with
+BLPOP. Workers announce themselves under `<prefix>:workers:<name>` with a `WorkerState`.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# The rq function path of every MASENet job; the BatchingWorker dispatches on `payload.kind` instead of calling it.
+JOB_FUNCTION = "worker.runtime.run_job"
+
+
+class JobKind(str, Enum):
+    """What a job asks for; the worker keeps a registry from kind to handler."""
+
+    IMAGE = "image"
+    VIDEO = "video"
+
+
+class FailureKind(str, Enum):
+    """Why a job failed: `media` is the client's data (HTTP 422), the rest are the service's (HTTP 500/504)."""
+
+    MEDIA = "media"
+    INTERNAL = "internal"
+    TIMEOUT = "timeout"
+
+
+class DetectParams(BaseModel):
+    """Per-image inference parameters, already validated by the API."""
+
+    model_config = ConfigDict(frozen=True)
+
+    conf: float = Field(0.25, ge=0.0, le=1.0)
+    iou: float = Field(0.45, ge=0.0, le=1.0)
+    max_det: int = Field(300, ge=1, le=1000)
+    imgsz: int = Field(640, ge=32, le=2048, multiple_of=32)
+    gradcam: bool = False
+
+
+class ImageJobPayload(BaseModel):
+    """Everything a worker needs for one image, as JSON (the bytes stay under `data_key`)."""
+
+    kind: Literal[JobKind.IMAGE] = JobKind.IMAGE
+    request_id: str
+    index: int = Field(ge=0, description="position of the image in its request")
+    filename: str
+    data_key: str
+    reply_key: str
+    params: DetectParams
+    enqueued_at: float = Field(description="unix time the API enqueued the job")
+    deadline: float = Field(description="unix time after which the API no longer waits; the worker then skips it")
+
+
+class Detection(BaseModel):
+    """One box in original image pixels."""
+
+    box: list[float] = Field(min_length=4, max_length=4, description="[x1, y1, x2, y2] in input pixels")
+    score: float
+    class_id: int
+    class_name: str
+
+
+class ModelInfo(BaseModel):
+    """The model a worker serves."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str = "masenet"
+    scale: str = ""
+    nc: int = 0
+    class_names: list[str] = Field(default_factory=list)
+    imgsz: int = 640
+    device: str = ""
+    dtype: str = ""
+    weights_sha256: str = ""
+
+
+class ImageJobResult(BaseModel):
+    """What the worker returns for one image."""
+
+    filename: str
+    width: int
+    height: int
+    detections: list[Detection]
+    gradcam: str | None = Field(None, description="base64 PNG overlay, same size as the input, when asked")
+    queue_ms: float = Field(description="enqueue to pick-up by a worker")
+    inference_ms: float = Field(description="decode to postprocess for the batch that held this image")
+    batch_size: int = Field(description="images in the forward pass that held this image")
+    worker: str = ""
+
+
+class JobFailure(BaseModel):
+    """Why one job failed."""
+
+    kind: FailureKind
+    detail: str
+
+
+class ReplyMessage(BaseModel):
+    """Pushed by the worker onto the request's reply list, once per job."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    job_id: str
+    index: int
+    result: ImageJobResult | None = None
+    failure: JobFailure | None = None
+    model: ModelInfo | None = None
+
+
+class WorkerStatus(str, Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class WorkerState(BaseModel):
+    """A worker's heartbeat record under `<prefix>:workers:<name>` (the key expires unless refreshed)."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    status: WorkerStatus
+    model: ModelInfo | None = None
+    error: str | None = None
+    hostname: str = ""
+    pid: int = 0
+    metrics_port: int | None = None
+    max_batch: int = 0
+    max_delay_ms: float = 0.0
+    queues: list[str] = Field(default_factory=list)
+    started_at: float = 0.0
+    updated_at: float = 0.0

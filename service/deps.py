@@ -1,0 +1,45 @@
+"""Request dependencies as `Annotated` aliases, so handlers read like plain functions."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.errors import Unauthorized
+from service.metrics import ApiMetrics
+from service.queueing import JobBroker
+from service.settings import Settings
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_broker(request: Request) -> JobBroker:
+    return request.app.state.broker
+
+
+def get_metrics(request: Request) -> ApiMetrics:
+    return request.app.state.metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+BrokerDep = Annotated[JobBroker, Depends(get_broker)]
+MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
+
+
+def require_api_key(request: Request, settings: SettingsDep) -> None:
+    """With MASENET_API_KEYS set, require `Authorization: Bearer <key>` with one of the keys."""
+    if not settings.auth_enabled:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("this service needs an API key: send the header 'Authorization: Bearer <key>'")
+    presented = token.strip().encode()
+    if not any(hmac.compare_digest(presented, key.encode()) for key in settings.api_keys):
+        raise Unauthorized("the bearer key is not valid: check the key you were given")
+
+
+AuthDep = Annotated[None, Depends(require_api_key)]

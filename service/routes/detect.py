@@ -1,0 +1,151 @@
+"""POST /detect: validate cheaply, enqueue one job per image, wait for the workers, answer in request order."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import redis
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from service.contracts import DetectParams, FailureKind, ModelInfo, ReplyMessage
+from service.deps import AuthDep, BrokerDep, MetricsDep, SettingsDep
+from service.errors import InvalidMedia, ResultTimeout, WorkerFailure
+from service.queueing import ImageUpload, Submission, unavailable
+from service.schemas import ERROR_RESPONSES, DetectResponse, ImageResult, Timing
+from service.settings import Settings
+from service.uploads import (
+    IMAGE_FIELD,
+    MultipartReader,
+    UploadedFile,
+    check_declared_length,
+    inspect_image,
+    multipart_boundary,
+    select_images,
+)
+
+router = APIRouter(tags=["detection"])
+ROUTE = "/detect"
+
+MULTIPART_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [IMAGE_FIELD],
+                    "properties": {
+                        IMAGE_FIELD: {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "one or more PNG, JPEG, TIFF or BMP frames (8 or 16 bit)",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    ROUTE,
+    response_model=DetectResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=MULTIPART_BODY,
+    summary="Detect small targets in one or more infrared frames",
+)
+async def detect(
+    request: Request,
+    settings: SettingsDep,
+    broker: BrokerDep,
+    metrics: MetricsDep,
+    _auth: AuthDep,
+    conf: Annotated[float, Query(ge=0.0, le=1.0, description="score threshold")] = 0.25,
+    iou: Annotated[float, Query(ge=0.0, le=1.0, description="NMS IoU threshold")] = 0.45,
+    max_det: Annotated[int, Query(ge=1, le=1000, description="most boxes per image")] = 300,
+    imgsz: Annotated[
+        int | None, Query(ge=32, le=2048, multiple_of=32, description="inference size; default MASENET_IMGSZ")
+    ] = None,
+    gradcam: Annotated[bool, Query(description="also return a Grad-CAM overlay PNG per image")] = False,
+) -> DetectResponse:
+    started = time.perf_counter()
+    params = DetectParams(conf=conf, iou=iou, max_det=max_det, imgsz=imgsz or settings.imgsz, gradcam=gradcam)
+    uploads = await read_uploads(request, settings, metrics)
+    images = await run_in_threadpool(validate_images, uploads, settings)
+    try:
+        await broker.check_capacity(len(images))
+        submission = await run_in_threadpool(broker.enqueue, images, params)
+        replies = await broker.wait(submission)
+    except redis.RedisError as exc:
+        raise unavailable(settings, exc) from exc
+    if len(replies) < len(images):
+        await run_in_threadpool(broker.cancel, submission, set(replies))
+        raise ResultTimeout(
+            f"no result within {settings.timeout_s:g} s (MASENET_TIMEOUT_S): {len(replies)} of {len(images)} images "
+            "answered and the rest were canceled; check that workers are running (GET /readyz) and retry"
+        )
+    return build_response(images, submission, replies, started)
+
+
+async def read_uploads(request: Request, settings: Settings, metrics: MetricsDep) -> list[UploadedFile]:
+    """Stream the multipart body under the byte cap and return the image parts."""
+    boundary = multipart_boundary(request.headers.get("content-type"))
+    check_declared_length(request.headers.get("content-length"), settings.max_upload_bytes)
+    reader = MultipartReader(boundary, settings.max_upload_bytes, settings.max_images_per_request)
+    try:
+        parsed = await reader.read(request.stream())
+    finally:
+        metrics.add_upload_bytes(ROUTE, reader.body_bytes)
+    return select_images(parsed.files)
+
+
+def validate_images(uploads: list[UploadedFile], settings: Settings) -> list[ImageUpload]:
+    """Header-check every image (format, pixels, frames); the first problem answers the request."""
+    images = []
+    for position, upload in enumerate(uploads):
+        filename = upload.filename or f"image-{position}"
+        header = inspect_image(upload.data, filename, settings.max_pixels)
+        images.append(ImageUpload(filename=filename, data=upload.data, width=header.width, height=header.height))
+    return images
+
+
+def build_response(
+    images: list[ImageUpload], submission: Submission, replies: dict[int, ReplyMessage], started: float
+) -> DetectResponse:
+    """Results in request order; a worker failure answers 500 (internal) or 422 (the image's data)."""
+    failures = [(index, replies[index]) for index in sorted(replies) if replies[index].failure is not None]
+    internal = [(index, reply) for index, reply in failures if reply.failure.kind != FailureKind.MEDIA]
+    if internal:
+        index, reply = internal[0]
+        raise WorkerFailure(
+            f"the worker failed on image {images[index].filename!r} (job {reply.job_id}): {reply.failure.detail}; "
+            "the job is kept in the failed job registry for inspection"
+        )
+    if failures:
+        index, reply = failures[0]
+        raise InvalidMedia(
+            f"image {images[index].filename!r} could not be read (job {reply.job_id}): {reply.failure.detail}"
+        )
+    results = [replies[index].result for index in range(len(images))]
+    model = next((reply.model for reply in replies.values() if reply.model is not None), None) or ModelInfo()
+    return DetectResponse(
+        model=model,
+        results=[
+            ImageResult(
+                filename=result.filename,
+                width=result.width,
+                height=result.height,
+                detections=result.detections,
+                gradcam=result.gradcam,
+            )
+            for result in results
+        ],
+        timing=Timing(
+            queue_ms=round(max(result.queue_ms for result in results), 3),
+            inference_ms=round(max(result.inference_ms for result in results), 3),
+            total_ms=round((time.perf_counter() - started) * 1000.0, 3),
+        ),
+    )

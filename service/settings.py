@@ -1,0 +1,121 @@
+"""Service and worker settings, read from `MASENET_*` environment variables.
+
+One class holds every knob of the API and the workers. Nothing reads the environment at import time:
+call `get_settings()` (cached) or build `Settings(...)` explicitly, as the tests do.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MAX_BATCH_GPU = 32
+DEFAULT_MAX_BATCH_CPU = 8
+
+
+class Settings(BaseSettings):
+    """Every setting of the detection service; the environment variable is `MASENET_<FIELD NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="MASENET_", extra="ignore", frozen=True)
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL; a password goes in the URL")
+    queue_prefix: str = Field("masenet", description="prefix of queue names and keys: <prefix>:images, <prefix>:video")
+
+    device: str = Field("auto", description="worker device: auto (CUDA if present), cpu, cuda, cuda:N")
+    weights: Path | None = Field(None, description="checkpoint path; unset means the shipped default weights")
+    half: bool | None = Field(None, description="fp16 inference; unset means on for CUDA, off for CPU")
+    compile: bool = Field(False, description="torch.compile the network in the worker")
+    imgsz: int = Field(640, ge=32, le=2048, multiple_of=32, description="default inference size (pixels)")
+
+    max_batch: int | None = Field(None, ge=1, le=1024, description="images per forward pass; unset: 32 GPU, 8 CPU")
+    max_delay_ms: float = Field(5.0, ge=0, le=10_000, description="how long a worker waits to fill a batch")
+    max_queue: int = Field(1024, ge=0, description="503 when the image queue would hold more images than this")
+    timeout_s: float = Field(30.0, gt=0, le=3600, description="504 when a request has no result after this long")
+
+    max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1, description="413 when a request body is larger")
+    max_pixels: int = Field(40_000_000, ge=1, description="413 when one image has more pixels (width * height)")
+    max_images_per_request: int = Field(32, ge=1, description="413 when a request carries more images")
+
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="comma-separated bearer keys; empty turns authentication off"
+    )
+    worker_metrics_port: int = Field(9101, ge=0, le=65535, description="worker /metrics port; 0 picks a free one")
+
+    storage: Path = Field(Path("runs/storage"), description="where uploaded videos and their results are written")
+    job_ttl_s: int = Field(24 * 3600, ge=1, description="how long video jobs and their results are kept")
+    max_video_bytes: int = Field(2 * 1024**3, ge=1, description="413 when a video upload is larger")
+    max_video_seconds: float = Field(3600.0, gt=0, description="413 when a video is longer")
+    max_video_pixels: int = Field(4096 * 2160, ge=1, description="413 when a video frame has more pixels")
+    video_chunk_frames: int = Field(256, ge=1, description="frames per video chunk job (the unit workers share)")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_api_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(key.strip() for key in value.split(",") if key.strip())
+        return value
+
+    @field_validator("queue_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not value or any(character.isspace() for character in value):
+            raise ValueError("queue prefix must be a non-empty word without spaces")
+        return value
+
+    def effective_max_batch(self, on_gpu: bool) -> int:
+        """MASENET_MAX_BATCH when set, else the device default (32 on GPU, 8 on CPU)."""
+        if self.max_batch is not None:
+            return self.max_batch
+        return DEFAULT_MAX_BATCH_GPU if on_gpu else DEFAULT_MAX_BATCH_CPU
+
+    @property
+    def image_queue(self) -> str:
+        return f"{self.queue_prefix}:images"
+
+    @property
+    def video_queue(self) -> str:
+        return f"{self.queue_prefix}:video"
+
+    @property
+    def workers_key_pattern(self) -> str:
+        return f"{self.queue_prefix}:workers:*"
+
+    def worker_key(self, worker_name: str) -> str:
+        return f"{self.queue_prefix}:workers:{worker_name}"
+
+    def data_key(self, job_id: str) -> str:
+        return f"{self.queue_prefix}:data:{job_id}"
+
+    def reply_key(self, request_id: str) -> str:
+        return f"{self.queue_prefix}:reply:{request_id}"
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    @property
+    def redis_display_url(self) -> str:
+        """The Redis URL with any password masked, for messages and logs."""
+        return mask_url_password(self.redis_url)
+
+
+def mask_url_password(url: str) -> str:
+    """Replace the password of a URL with '***' so it can be printed."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit((parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query, parts.fragment))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

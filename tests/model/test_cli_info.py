@@ -1,0 +1,38 @@
+"""`masenet info` and `masenet bench model`, run in-process through the command line entry point."""
+
+from __future__ import annotations
+
+import json
+
+from model.bench import BenchRow, format_table, parse_size
+from service.cli import main
+
+
+def test_info_json(capsys):
+    assert main(["info", "--scale", "n", "--nc", "3", "--json", "--imgsz", "64"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert set(info) >= {"name", "scale", "nc", "parameters", "gflops", "imgsz", "strides"}
+    assert info["parameters"] == 6_281_283
+    assert info["strides"] == [4, 8, 16, 32] and info["name"] == "masenet-n" and info["imgsz"] == 64
+    # FLOPs grow with the pixel count: 24.35 GFLOPs at 640 means about 0.24 at 64.
+    assert 0.2 < info["gflops"] < 0.3
+
+
+def test_info_text(capsys):
+    assert main(["info", "--nc", "1", "--imgsz", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters:" in out and "GFLOPs at 32x32" in out and "strides: 4, 8, 16, 32" in out
+
+
+def test_bench_model_runs_a_tiny_case(capsys):
+    assert main(["bench", "model", "--batch-sizes", "1", "--sizes", "64x32", "--iters", "1", "--warmup", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "64x32" in captured.out and "speed-up" in captured.out
+    assert "64x32 batch 1" in captured.err  # progress goes to stderr
+
+
+def test_bench_helpers():
+    assert parse_size("640x512") == (640, 512)
+    row = BenchRow(width=320, height=256, batch=8, eager_ms=400.0, optimised_ms=200.0)
+    assert (row.eager_images_per_second, row.optimised_images_per_second, row.speedup) == (20.0, 40.0, 2.0)
+    assert "2.00x" in format_table([row])

@@ -1,0 +1,146 @@
+"""End to end on a tiny dataset: `masenet train` (loss goes down, outputs written), resume, time limit,
+`masenet val` and `masenet predict` (in-process through service.cli.main)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import read_metadata
+from model.train.trainer import TrainConfig, train
+from service.cli import main
+from tests.model.train.conftest import write_squares_dataset
+
+EPOCHS = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one torch thread is as fast, and far steadier when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data.yaml, run folder) of a 4-epoch run at 64 px, made through the command line."""
+    root = tmp_path_factory.mktemp("train")
+    data = write_squares_dataset(root / "data")
+    out = root / "run"
+    args = ["train", "--data", str(data), "--imgsz", "64", "--epochs", str(EPOCHS), "--batch", "4"]
+    code = main([*args, "--workers", "0", "--out", str(out), "--seed", "1"])
+    assert code == 0
+    return data, out
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "results.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _total(row: dict[str, str]) -> float:
+    return sum(float(row[f"train/{name}"]) for name in ("box", "cls", "dfl"))
+
+
+def test_training_lowers_the_loss_and_writes_everything(trained: tuple[Path, Path]) -> None:
+    data, run = trained
+    rows = _rows(run)
+    assert [int(row["epoch"]) for row in rows] == list(range(1, EPOCHS + 1))
+    assert _total(rows[-1]) < _total(rows[0])
+    for column in ("lr/pg0", "val/map50", "val/map50_95", "val/precision", "val/recall", "val/pd", "seconds"):
+        assert rows[-1][column] != ""
+    for name in ("weights/best.pt", "weights/last.pt", "weights/best.safetensors", "losses.png", "pr_curve.png"):
+        assert (run / name).stat().st_size > 0, name
+    state = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["epoch"] == EPOCHS and state["config"]["imgsz"] == 64
+    assert {"model", "ema", "optimizer", "best_fitness"} <= set(state)
+    meta = read_metadata(run / "weights" / "best.safetensors")
+    assert meta.class_names == ["target"] and meta.imgsz == 64 and meta.nc == 1
+    provenance = meta.provenance
+    assert provenance["dataset"] == str(data.resolve()) and provenance["imgsz"] == 64
+    assert {"command", "hardware", "wall_seconds", "metrics", "epochs"} <= set(provenance)
+    assert "map50" in provenance["metrics"]
+
+
+def test_resume_continues_from_last(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = torch.load(copy / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    result = train(TrainConfig(data="", out=str(copy), resume=True, epochs=EPOCHS + 1, workers=2))
+    assert result.epochs_completed == EPOCHS + 1 and result.out_dir == copy
+    after = torch.load(copy / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    assert after["epoch"] == EPOCHS + 1 and after["iteration"] > before["iteration"]
+    assert after["config"]["data"] == before["config"]["data"] and after["config"]["imgsz"] == 64
+    assert len(_rows(copy)) == EPOCHS + 1
+    with pytest.raises(Exception, match="already finished"):
+        train(TrainConfig(data="", out=str(copy), resume=True, epochs=EPOCHS + 1))
+
+
+def test_time_limit_stops_cleanly(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, _ = trained
+    result = train(
+        TrainConfig(data=str(data), imgsz=64, epochs=50, batch=4, workers=0, out=str(tmp_path / "t"), time_limit=0.001)
+    )
+    assert result.stopped_by_time and result.epochs_completed == 1
+    assert result.exported.is_file() and len(_rows(tmp_path / "t")) == 1
+
+
+def test_val_prints_table_json_and_plot(trained: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    data, run = trained
+    weights = str(run / "weights" / "best.safetensors")
+    assert main(["val", "--data", str(data), "--weights", weights, "--plots", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "mAP50-95" in table and "Fa/frame" in table and "\n    all" in table or " all " in table
+    assert (tmp_path / "pr_curve.png").stat().st_size > 0
+    assert main(["val", "--data", str(data), "--weights", weights, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 4 and result["all"]["targets"] > 0
+    assert {"precision", "recall", "map50", "map50_95", "pd", "fa_per_frame", "pd_by_size"} <= set(result["all"])
+    assert result["per_class"][0]["class"] == "target"
+
+
+def test_predict_json_schema(trained: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    data, run = trained
+    images = data.parent / "images" / "val"
+    weights = str(run / "weights" / "best.safetensors")
+    args = ["predict", str(images), str(images / "val_000.png"), "--weights", weights, "--conf", "0.001"]
+    assert main([*args, "--format", "json", "--save", str(tmp_path / "drawn")]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert len(results) == 5  # the folder's 4 images, then the named file
+    for item in results:
+        assert set(item) == {"file", "width", "height", "detections"}
+        assert item["width"] == 64 and item["height"] == 64 and Path(item["file"]).is_file()
+        for detection in item["detections"]:
+            assert set(detection) == {"box", "score", "class_id", "class_name"}
+            assert len(detection["box"]) == 4 and 0.001 <= detection["score"] <= 1
+            assert detection["class_id"] == 0 and detection["class_name"] == "target"
+    assert any(item["detections"] for item in results)
+    assert len(list((tmp_path / "drawn").glob("*.png"))) == 5
+
+
+def test_predict_without_weights_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    image = tmp_path / "a.png"
+    write_squares_dataset(tmp_path / "d", train=1, val=0)
+    shutil.copy(tmp_path / "d" / "images" / "train" / "train_000.png", image)
+    assert main(["predict", str(image), "--weights", str(tmp_path / "missing.safetensors")]) == 1
+    assert "weights not found" in capsys.readouterr().err
+
+
+def test_learning_rate_schedule() -> None:
+    from model.train.trainer import lr_factor
+
+    assert lr_factor(0.0, 0, 10, lrf=0.01) == pytest.approx(0.1)  # first warm-up step
+    assert lr_factor(0.5, 100, 10, lrf=0.01) == pytest.approx(0.505)  # half-way down the cosine
+    assert lr_factor(1.0, 200, 10, lrf=0.01) == pytest.approx(0.01)
+    assert lr_factor(3.0, 200, 10, lrf=0.01) == pytest.approx(0.01)  # past the budget: stays at the floor
+    # a time-limited run that is 5% through its budget has finished warming up, whatever the iteration count
+    assert lr_factor(0.05, 2, 1000, lrf=0.01) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.05)))

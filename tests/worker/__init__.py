@@ -1,0 +1,1 @@
+"""Tests of the worker package (batching, runtime, rq worker)."""

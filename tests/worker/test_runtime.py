@@ -1,0 +1,135 @@
+"""InferenceRuntime.run in-process on a tiny real model: grouping by input size, Grad-CAM for the images
+that ask, and failure isolation (a bad image fails alone, never its batch)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from PIL import Image
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from service.contracts import JOB_FUNCTION, DetectParams, FailureKind, ImageJobPayload
+from service.settings import Settings
+from worker.metrics import WorkerMetrics
+from worker.runtime import DecodedImage, ImageTask, InferenceRuntime, JobMediaError
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_checkpoint: Path, redis_client: redis.Redis) -> InferenceRuntime:
+    settings = Settings(weights=tiny_checkpoint, device="cpu", imgsz=64, queue_prefix="runtime-test")
+    runtime = InferenceRuntime(settings, redis_client, WorkerMetrics(), worker_name="in-process")
+    runtime.load()
+    return runtime
+
+
+def make_task(
+    runtime: InferenceRuntime,
+    redis_client: redis.Redis,
+    index: int,
+    frame: np.ndarray | None,
+    imgsz: int = 64,
+    gradcam: bool = False,
+    error: Exception | None = None,
+) -> ImageTask:
+    payload = ImageJobPayload(
+        request_id="r", index=index, filename=f"f{index}.png", data_key="unused", reply_key="unused",
+        params=DetectParams(conf=0.0001, imgsz=imgsz, gradcam=gradcam, max_det=10),
+        enqueued_at=time.time() - 0.01, deadline=time.time() + 60,
+    )  # fmt: skip
+    job = Job.create(JOB_FUNCTION, kwargs={"payload": payload.model_dump(mode="json")}, connection=redis_client,
+                     serializer=JSONSerializer)  # fmt: skip
+    decoded: Future[DecodedImage] = Future()
+    if error is not None:
+        decoded.set_exception(error)
+    else:
+        assert frame is not None
+        tensor = runtime.detector.to_tensors([frame])[0]
+        decoded.set_result(DecodedImage(frame=frame, tensor=tensor, width=frame.shape[1], height=frame.shape[0]))
+    return ImageTask(job=job, queue=None, payload=payload, picked_at=time.time(), decoded=decoded)
+
+
+def count(runtime: InferenceRuntime, name: str, **labels: str) -> float:
+    return runtime.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def frame(width: int, height: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+
+
+def test_groups_by_input_size_and_runs_gradcam_only_where_asked(
+    runtime: InferenceRuntime, redis_client: redis.Redis
+) -> None:
+    tasks = [
+        make_task(runtime, redis_client, 0, frame(80, 48), imgsz=64),
+        make_task(runtime, redis_client, 1, frame(64, 64), imgsz=96),
+        make_task(runtime, redis_client, 2, frame(50, 70), imgsz=64),
+        make_task(runtime, redis_client, 3, frame(72, 40), imgsz=64, gradcam=True),
+    ]
+    forwards = count(runtime, "masenet_stage_duration_seconds_count", stage="inference")
+    backwards = count(runtime, "masenet_stage_duration_seconds_count", stage="gradcam")
+    outcomes = runtime.run(tasks)
+    assert count(runtime, "masenet_stage_duration_seconds_count", stage="inference") - forwards == 2  # 64 and 96
+    assert count(runtime, "masenet_stage_duration_seconds_count", stage="gradcam") - backwards == 1
+    assert [outcome.failure for outcome in outcomes] == [None] * 4
+    results = [outcome.result for outcome in outcomes]
+    assert [(r.filename, r.width, r.height) for r in results] == [
+        ("f0.png", 80, 48), ("f1.png", 64, 64), ("f2.png", 50, 70), ("f3.png", 72, 40)
+    ]  # fmt: skip
+    assert all(r.batch_size == 4 and r.inference_ms > 0 and r.queue_ms >= 0 for r in results)
+    assert [r.gradcam is not None for r in results] == [False, False, False, True]
+    overlay = Image.open(io.BytesIO(base64.b64decode(results[3].gradcam)))
+    assert overlay.size == (72, 40)
+    for result in results:
+        assert 0 < len(result.detections) <= 10
+        for detection in result.detections:
+            x1, y1, x2, y2 = detection.box
+            assert 0 <= x1 <= x2 <= result.width and 0 <= y1 <= y2 <= result.height
+
+
+def test_a_bad_image_fails_alone(runtime: InferenceRuntime, redis_client: redis.Redis) -> None:
+    broken = make_task(runtime, redis_client, 1, frame(64, 48))
+    broken.decoded = Future()
+    broken.decoded.set_result(  # a tensor the letterbox refuses: fails the group, then only itself
+        DecodedImage(
+            frame=frame(64, 48), tensor=runtime.detector.to_tensors([frame(64, 48)])[0][:1], width=64, height=48
+        )  # fmt: skip
+    )
+    tasks = [
+        make_task(runtime, redis_client, 0, frame(64, 48)),
+        broken,
+        make_task(runtime, redis_client, 2, None, error=JobMediaError("cannot decode image: truncated")),
+        make_task(runtime, redis_client, 3, None, error=RuntimeError("bytes expired")),
+        make_task(runtime, redis_client, 4, frame(48, 64, seed=2)),
+    ]
+    outcomes = runtime.run(tasks)
+    assert outcomes[0].result is not None and outcomes[4].result is not None
+    assert (
+        outcomes[1].failure.kind == FailureKind.INTERNAL and "expected a (3, H, W) image" in outcomes[1].failure.detail
+    )
+    assert outcomes[2].failure.kind == FailureKind.MEDIA and "truncated" in outcomes[2].failure.detail
+    assert outcomes[3].failure.kind == FailureKind.INTERNAL and "bytes expired" in outcomes[3].failure.detail
+
+
+def test_decode_reads_and_deletes_the_bytes(runtime: InferenceRuntime, redis_client: redis.Redis) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((30, 40), 40000, np.uint16)).save(buffer, format="PNG")
+    redis_client.set("runtime-test:data:x", buffer.getvalue())
+    task = make_task(runtime, redis_client, 0, frame(8, 8))
+    payload = task.payload.model_copy(update={"data_key": "runtime-test:data:x"})
+    decoded = runtime.decode(payload)
+    assert (decoded.width, decoded.height) == (40, 30)
+    assert decoded.frame.dtype == np.uint8 and decoded.frame.shape == (30, 40, 3)
+    assert redis_client.get("runtime-test:data:x") is None
+    redis_client.set("runtime-test:data:x", b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(JobMediaError):
+        runtime.decode(payload)
+    with pytest.raises(RuntimeError, match="expired"):
+        runtime.decode(payload)

@@ -1,0 +1,112 @@
+"""Dynamic batching as plain functions, independent of Redis and torch.
+
+`collect_batch` takes items from a `queue.Queue`: it waits for a first item, then keeps taking until the
+batch holds `max_size` images or `max_delay_s` has passed since the first one. Items are weighed by the
+number of images they carry, so a request with several images counts for each of them; an item that
+would overflow the batch is held back as `carry` and opens the next batch.
+
+`group_positions` splits a batch into the groups that must run as separate forward passes (e.g. by input
+size), and `pair_outputs` checks that a step returned exactly one output per input.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Output = TypeVar("Output")
+Key = TypeVar("Key", bound=Hashable)
+
+
+def _one(_: object) -> int:
+    return 1
+
+
+@dataclass
+class CollectedBatch(Generic[Item]):
+    """The items of one batch, their total weight, and an item held back for the next batch."""
+
+    items: list[Item] = field(default_factory=list)
+    size: int = 0
+    carry: Item | None = None
+    waited_s: float = 0.0
+
+
+def collect_batch(
+    source: queue.Queue[Item],
+    max_size: int,
+    max_delay_s: float,
+    *,
+    weight: Callable[[Item], int] = _one,
+    first_timeout_s: float | None = None,
+    carry: Item | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> CollectedBatch[Item]:
+    """Collect up to `max_size` images from `source`, waiting at most `max_delay_s` after the first item.
+
+    `first_timeout_s` bounds the wait for the first item (None waits forever, 0 does not wait); an empty
+    batch means nothing arrived. `carry`, an item held back by the previous call, opens the batch. An item
+    heavier than `max_size` on its own forms a batch alone.
+    """
+    if max_size < 1:
+        raise ValueError(f"max_size must be at least 1, got {max_size}")
+    start = clock()
+    batch: CollectedBatch[Item] = CollectedBatch()
+    first = carry
+    if first is None:
+        try:
+            if first_timeout_s is None:
+                first = source.get()
+            elif first_timeout_s <= 0:
+                first = source.get_nowait()
+            else:
+                first = source.get(timeout=first_timeout_s)
+        except queue.Empty:
+            batch.waited_s = clock() - start
+            return batch
+    batch.items.append(first)
+    batch.size = weight(first)
+    deadline = clock() + max_delay_s
+    while batch.size < max_size:
+        remaining = deadline - clock()
+        try:
+            item = source.get(timeout=remaining) if remaining > 0 else source.get_nowait()
+        except queue.Empty:
+            break
+        item_weight = weight(item)
+        if batch.size + item_weight > max_size:
+            batch.carry = item
+            break
+        batch.items.append(item)
+        batch.size += item_weight
+    batch.waited_s = clock() - start
+    return batch
+
+
+def drain(source: queue.Queue[Item]) -> list[Item]:
+    """Everything left in a queue, without waiting."""
+    items = []
+    while True:
+        try:
+            items.append(source.get_nowait())
+        except queue.Empty:
+            return items
+
+
+def group_positions(items: Sequence[Item], key: Callable[[Item], Key]) -> dict[Key, list[int]]:
+    """Positions of the items per key, keys and positions in first-seen order."""
+    groups: dict[Key, list[int]] = {}
+    for position, item in enumerate(items):
+        groups.setdefault(key(item), []).append(position)
+    return groups
+
+
+def pair_outputs(inputs: Sequence[Item], outputs: Sequence[Output], step: str) -> list[tuple[Item, Output]]:
+    """Zip inputs with a step's outputs, refusing a step that did not return one output per input."""
+    if len(outputs) != len(inputs):
+        raise RuntimeError(f"{step} returned {len(outputs)} outputs for {len(inputs)} inputs")
+    return list(zip(inputs, outputs, strict=True))

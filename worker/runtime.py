@@ -1,0 +1,276 @@
+"""The inference steps of a worker: load once, decode, batch, predict, unbatch.
+
+    setup    load the Detector once per process (device, half, compile from the settings), warm it up
+    decode   (thread pool) fetch the bytes from Redis, decode at native depth, tone-map to 8-bit RGB, copy
+             to the device as uint8: runs while the previous batch is on the device
+    predict  group the batch by input size; one letterbox + forward + NMS per group; Grad-CAM (one
+             backward) for the images that asked
+    unbatch  one `Outcome` per task, in order; a failing image fails only itself
+
+If a whole group fails, its images are retried one by one so that only the culprit fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from model.imaging import ImageDecodeError, decode_image, to_rgb8
+from service.contracts import (
+    Detection,
+    FailureKind,
+    ImageJobPayload,
+    ImageJobResult,
+    JobFailure,
+    ModelInfo,
+)
+from service.settings import Settings
+from worker.batching import group_positions, pair_outputs
+from worker.metrics import WorkerMetrics
+
+logger = logging.getLogger(__name__)
+
+WARMUP_SIZE = 64
+
+
+class JobMediaError(Exception):
+    """The client's image cannot be used (the job fails as `media`, HTTP 422)."""
+
+
+@dataclass
+class DecodedImage:
+    """A frame ready for the model."""
+
+    frame: np.ndarray  # (H, W, 3) uint8 RGB
+    tensor: Any  # (3, H, W) uint8 on the device
+    width: int
+    height: int
+
+
+@dataclass
+class ImageTask:
+    """One image job inside the worker, from pick-up to completion."""
+
+    job: Any  # rq.job.Job
+    queue: Any  # rq.queue.Queue
+    payload: ImageJobPayload
+    picked_at: float
+    decoded: Future[DecodedImage] | None = None
+    execution: Any = None  # rq Execution once started
+    failure: JobFailure | None = None  # set when the task failed before inference
+    from_rq_loop: bool = False  # dequeued by rq's loop (may sit in rq's intermediate queue)
+
+    @property
+    def weight(self) -> int:
+        return 1
+
+
+@dataclass
+class Outcome:
+    result: ImageJobResult | None = None
+    failure: JobFailure | None = None
+
+
+@dataclass
+class _Ready:
+    """A decoded task waiting for its forward pass."""
+
+    position: int
+    task: ImageTask
+    image: DecodedImage
+    detections: list[dict] = field(default_factory=list)
+    overlay_png: bytes | None = None
+
+
+class InferenceRuntime:
+    """The model and the per-image steps; one per worker process."""
+
+    def __init__(self, settings: Settings, connection: Any, metrics: WorkerMetrics, worker_name: str = "") -> None:
+        self.settings = settings
+        self.connection = connection
+        self.metrics = metrics
+        self.worker_name = worker_name
+        self.detector: Any = None
+        self.model_info: ModelInfo | None = None
+
+    # setup
+    def load(self) -> ModelInfo:
+        """Load the detector once (raises on failure) and run a small warm-up forward."""
+        import torch
+
+        from model.detector import Detector
+
+        started = time.perf_counter()
+        detector = Detector(
+            checkpoint=self.settings.weights,
+            device=self.settings.device,
+            half=self.settings.half,
+            compile=self.settings.compile,
+            imgsz=self.settings.imgsz,
+        )
+        with torch.inference_mode():
+            detector.detect([np.zeros((WARMUP_SIZE, WARMUP_SIZE, 3), dtype=np.uint8)], imgsz=WARMUP_SIZE)
+        self.metrics.model_load.set(time.perf_counter() - started)
+        self.detector = detector
+        info = dict(detector.info)
+        info["weights_sha256"] = info.get("weights_sha256") or ""
+        self.model_info = ModelInfo.model_validate(info)
+        return self.model_info
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.detector is not None and self.detector.device.type == "cuda"
+
+    # decode (thread pool)
+    def decode(self, payload: ImageJobPayload) -> DecodedImage:
+        """Bytes from Redis to a uint8 tensor on the device; JobMediaError when the client's data is bad."""
+        started = time.perf_counter()
+        data = self.connection.get(payload.data_key)
+        if data is None:
+            raise RuntimeError(f"the image bytes of {payload.filename!r} expired or were removed before decoding")
+        self.connection.delete(payload.data_key)
+        try:
+            frame = to_rgb8(decode_image(data, max_pixels=self.settings.max_pixels))
+        except ImageDecodeError as exc:
+            raise JobMediaError(str(exc)) from exc
+        tensor = self.detector.to_tensors([frame])[0]
+        self.metrics.stage.labels(stage="decode").observe(time.perf_counter() - started)
+        return DecodedImage(frame=frame, tensor=tensor, width=int(frame.shape[1]), height=int(frame.shape[0]))
+
+    # predict + unbatch
+    def run(self, tasks: Sequence[ImageTask]) -> list[Outcome]:
+        """One Outcome per task, in order. Never raises for a single bad image."""
+        started = time.perf_counter()
+        outcomes: list[Outcome | None] = [None] * len(tasks)
+        ready: list[_Ready] = []
+        for position, task in enumerate(tasks):
+            if task.failure is not None:
+                outcomes[position] = Outcome(failure=task.failure)
+                continue
+            try:
+                assert task.decoded is not None
+                ready.append(_Ready(position, task, task.decoded.result()))
+            except JobMediaError as exc:
+                outcomes[position] = Outcome(failure=JobFailure(kind=FailureKind.MEDIA, detail=str(exc)))
+            except Exception as exc:
+                logger.exception("decoding job %s failed", task.job.id)
+                outcomes[position] = Outcome(failure=internal_failure(exc))
+        if ready:
+            self.metrics.batch_size.observe(len(ready))
+        plain = [item for item in ready if not item.task.payload.params.gradcam]
+        wanted = [item for item in ready if item.task.payload.params.gradcam]
+        failures = self._predict_groups(plain, self._detect_group) | self._predict_groups(wanted, self._gradcam_group)
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        for item in ready:
+            failure = failures.get(item.position)
+            if failure is not None:
+                outcomes[item.position] = Outcome(failure=failure)
+            else:
+                outcomes[item.position] = Outcome(result=self._result(item, elapsed_ms, len(ready)))
+        self.metrics.images.inc(len(ready) - len(failures))
+        return [outcome if outcome is not None else Outcome(failure=_missing()) for outcome in outcomes]
+
+    def _predict_groups(self, items: list[_Ready], step: Any) -> dict[int, JobFailure]:
+        """Run `step` per input size; on a group failure retry its images alone. Returns failures by position."""
+        failures: dict[int, JobFailure] = {}
+        for positions in group_positions(items, lambda item: item.task.payload.params.imgsz).values():
+            group = [items[position] for position in positions]
+            try:
+                step(group)
+                continue
+            except Exception as exc:
+                error = exc
+            if len(group) == 1:
+                logger.error("job %s failed in the model", group[0].task.job.id, exc_info=error)
+                failures[group[0].position] = internal_failure(error)
+                continue
+            logger.warning("a batch of %d failed (%s); retrying its images one by one", len(group), error)
+            for item in group:
+                try:
+                    step([item])
+                except Exception as exc:
+                    logger.error("job %s failed in the model", item.task.job.id, exc_info=exc)
+                    failures[item.position] = internal_failure(exc)
+        return failures
+
+    def _detect_group(self, group: list[_Ready]) -> None:
+        """Letterbox on the device, one forward, NMS with each image's own thresholds."""
+        detector = self.detector
+        params = [item.task.payload.params for item in group]
+        tick = time.perf_counter()
+        batch, letterbox = detector.prepare([item.image.tensor for item in group], params[0].imgsz)
+        self._observe("preprocess", tick)
+        tick = time.perf_counter()
+        decoded = detector.infer(batch)
+        self._observe("inference", tick)
+        tick = time.perf_counter()
+        detections = detector.postprocess(
+            decoded,
+            letterbox,
+            conf=[param.conf for param in params],
+            iou=[param.iou for param in params],
+            max_det=[param.max_det for param in params],
+        )
+        self._observe("postprocess", tick)
+        for item, found in pair_outputs(group, detections, "postprocess"):
+            item.detections = found
+
+    def _gradcam_group(self, group: list[_Ready]) -> None:
+        """Detections and overlays with one backward for the group."""
+        from model.gradcam import encode_png, gradcam
+
+        params = [item.task.payload.params for item in group]
+        tick = time.perf_counter()
+        detections, overlays = gradcam(
+            self.detector,
+            [item.image.frame for item in group],
+            conf=[param.conf for param in params],
+            iou=[param.iou for param in params],
+            max_det=[param.max_det for param in params],
+            imgsz=params[0].imgsz,
+        )
+        for (item, found), overlay in zip(pair_outputs(group, detections, "gradcam"), overlays, strict=True):
+            item.detections = found
+            item.overlay_png = encode_png(overlay)
+        self._observe("gradcam", tick)
+
+    def _result(self, item: _Ready, elapsed_ms: float, batch_size: int) -> ImageJobResult:
+        payload = item.task.payload
+        overlay = base64.b64encode(item.overlay_png).decode("ascii") if item.overlay_png is not None else None
+        return ImageJobResult(
+            filename=payload.filename,
+            width=item.image.width,
+            height=item.image.height,
+            detections=[Detection.model_validate(detection) for detection in item.detections],
+            gradcam=overlay,
+            queue_ms=round(max(0.0, item.task.picked_at - payload.enqueued_at) * 1000.0, 3),
+            inference_ms=round(elapsed_ms, 3),
+            batch_size=batch_size,
+            worker=self.worker_name,
+        )
+
+    def _observe(self, stage: str, since: float) -> None:
+        self.metrics.stage.labels(stage=stage).observe(time.perf_counter() - since)
+
+
+def internal_failure(exc: BaseException) -> JobFailure:
+    return JobFailure(kind=FailureKind.INTERNAL, detail=f"{type(exc).__name__}: {exc}")
+
+
+def _missing() -> JobFailure:
+    return JobFailure(kind=FailureKind.INTERNAL, detail="the worker produced no outcome for this image")
+
+
+def run_job(payload: dict) -> dict:
+    """The rq function named by image jobs. Image jobs need the batching worker, which never calls this."""
+    raise RuntimeError(
+        "MASENet image jobs are batched: run them with `masenet worker` or "
+        "`rq worker -w worker.worker.BatchingWorker <prefix>:images <prefix>:video`"
+    )

@@ -1,0 +1,450 @@
+"""`BatchingWorker`: an rq `SimpleWorker` (no fork after CUDA starts) that batches image jobs.
+
+rq's loop dequeues one job at a time. When it hands over an image job, the worker opens an image session:
+
+    feeder thread   pops more image jobs (BLPOP), fetches them and starts decoding them in a thread pool;
+                    it holds at most MAX_BATCH jobs ahead, so decoding the next batch overlaps the forward
+                    pass of the current one
+    main thread     collect_batch (MAX_BATCH images or MAX_DELAY_MS) -> InferenceRuntime.run -> outcomes
+    completer       one thread that records every job through rq (started, then finished or failed, with
+                    its result, in the registries) and pushes the reply the API waits for
+
+The session ends when no image job arrived for a short while; rq's loop then serves the video queue,
+which it only reaches when the image queue is empty (queues are listened to in order). Job kinds map to
+handlers in `job_handlers`; kinds without a handler (video chunks) run the rq way, in process.
+
+Usable as `rq worker -w worker.worker.BatchingWorker <prefix>:images <prefix>:video`; the model loads in
+`work()`. If it fails to load, the worker publishes the reason (GET /readyz shows it), keeps
+`masenet_worker_up` at 0, takes no jobs and stays up until it is stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import redis
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.serializers import JSONSerializer
+from rq.utils import now
+from rq.worker import SimpleWorker
+from rq.worker import WorkerStatus as RqWorkerStatus
+
+from service.contracts import (
+    JOB_FUNCTION,
+    FailureKind,
+    ImageJobPayload,
+    JobFailure,
+    JobKind,
+    ModelInfo,
+    ReplyMessage,
+    WorkerState,
+    WorkerStatus,
+)
+from service.settings import Settings, get_settings
+from worker.batching import collect_batch, drain, pair_outputs
+from worker.metrics import WorkerMetrics
+from worker.runtime import ImageTask, InferenceRuntime, Outcome
+
+logger = logging.getLogger(__name__)
+
+SESSION_IDLE_S = 0.25  # an image session ends after this long without a new image job
+FEED_POLL_S = 0.05  # feeder BLPOP timeout: how quickly it notices the end of a session
+STATE_REFRESH_S = 5.0
+STATE_TTL_S = 15
+RQ_HEARTBEAT_S = 10.0
+DECODE_THREADS = 2
+
+JobHandler = Callable[[Job, Queue], None]
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def job_kind(job: Job) -> str:
+    """The kind of a job: the payload's for image jobs, else the job's meta `kind`, else its function."""
+    if job.func_name == JOB_FUNCTION:
+        payload = (job.kwargs or {}).get("payload") or {}
+        return str(payload.get("kind", JobKind.IMAGE.value))
+    return str((job.meta or {}).get("kind") or job.func_name)
+
+
+class StatePublisher:
+    """Keeps `<prefix>:workers:<name>` alive (TTL) with this worker's `WorkerState`, from a daemon thread."""
+
+    def __init__(self, connection: redis.Redis, key: str, state: WorkerState) -> None:
+        self.connection = connection
+        self.key = key
+        self.state = state
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="worker-state", daemon=True)
+
+    def start(self) -> None:
+        self.publish()
+        self._thread.start()
+
+    def update(self, **changes: Any) -> None:
+        self.state = self.state.model_copy(update=changes)
+        self.publish()
+
+    def publish(self) -> None:
+        self.state.updated_at = time.time()
+        try:
+            self.connection.set(self.key, self.state.model_dump_json(), ex=STATE_TTL_S)
+        except redis.RedisError as exc:
+            logger.warning("could not publish the worker state: %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+        with contextlib.suppress(redis.RedisError):
+            self.connection.delete(self.key)
+
+    def _run(self) -> None:
+        while not self._stop.wait(STATE_REFRESH_S):
+            self.publish()
+
+
+class BatchingWorker(SimpleWorker):
+    """rq worker that loads MASENet once and runs image jobs in dynamic batches."""
+
+    def __init__(self, queues: Any, *args: Any, settings: Settings | None = None, **kwargs: Any) -> None:
+        serializer = kwargs.pop("serializer", None)
+        if serializer not in (None, JSONSerializer, "json", "rq.serializers.JSONSerializer"):
+            logger.warning("ignoring serializer %r: MASENet jobs are JSON only", serializer)
+        names = [queues] if isinstance(queues, str | Queue) else list(queues)
+        names = [item.name if isinstance(item, Queue) else str(item) for item in names]
+        super().__init__(names, *args, serializer=JSONSerializer, **kwargs)
+        self.settings = settings or get_settings()
+        self.metrics = WorkerMetrics()
+        self.runtime = InferenceRuntime(self.settings, self.connection, self.metrics, worker_name=self.name)
+        self.job_handlers: dict[str, JobHandler] = {JobKind.IMAGE.value: self._handle_image_job}
+        self.max_batch = self.settings.effective_max_batch(on_gpu=False)
+        self.metrics_port: int | None = None
+        self._publisher: StatePublisher | None = None
+        self._decoder: ThreadPoolExecutor | None = None
+        self._completer: ThreadPoolExecutor | None = None
+        self._last_rq_heartbeat = 0.0
+
+    # lifecycle
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        """Start metrics, load the model, then run rq's loop (or idle, publishing the failure)."""
+        try:
+            self.metrics_port = self.metrics.serve(self.settings.worker_metrics_port)
+            logger.info("worker %s: metrics on port %d", self.name, self.metrics_port)
+        except OSError as exc:
+            logger.error("worker %s: metrics server not started: %s", self.name, exc)
+        self._publisher = StatePublisher(self.connection, self.settings.worker_key(self.name), self._initial_state())
+        self._publisher.start()
+        try:
+            info = self.runtime.load()
+        except Exception as exc:
+            logger.exception("worker %s: the model failed to load; taking no jobs", self.name)
+            self.metrics.up.set(0)
+            self._publisher.update(
+                status=WorkerStatus.FAILED, error=f"model failed to load: {type(exc).__name__}: {exc}"
+            )
+            self._idle_until_stopped()
+            self._publisher.stop()
+            return False
+        self._on_model_loaded(info)
+        try:
+            return super().work(*args, **kwargs)
+        finally:
+            self.metrics.up.set(0)
+            self._publisher.stop()
+            if self._completer is not None:
+                self._completer.shutdown(wait=True)
+            if self._decoder is not None:
+                self._decoder.shutdown(wait=False, cancel_futures=True)
+
+    def _initial_state(self) -> WorkerState:
+        return WorkerState(
+            name=self.name,
+            status=WorkerStatus.LOADING,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            metrics_port=self.metrics_port,
+            max_delay_ms=self.settings.max_delay_ms,
+            queues=self.queue_names(),
+            started_at=time.time(),
+        )
+
+    def _on_model_loaded(self, info: ModelInfo) -> None:
+        self.max_batch = self.settings.effective_max_batch(on_gpu=self.runtime.on_gpu)
+        self._decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
+        self._completer = ThreadPoolExecutor(1, thread_name_prefix="complete")
+        self.metrics.model_info.labels(
+            name=info.name, scale=info.scale, device=info.device, weights_sha256=info.weights_sha256
+        ).set(1)
+        if self.runtime.on_gpu:
+            self.metrics.enable_gpu()
+        self._install_video_context()
+        self.metrics.up.set(1)
+        assert self._publisher is not None
+        self._publisher.update(status=WorkerStatus.READY, model=info, max_batch=self.max_batch)
+        logger.info(
+            "worker %s: %s on %s ready (max batch %d, max delay %g ms)",
+            self.name,
+            info.name,
+            info.device,
+            self.max_batch,
+            self.settings.max_delay_ms,
+        )
+
+    def _install_video_context(self) -> None:
+        """Give the video jobs this process's detector, storage and the hook that serves waiting images."""
+        try:
+            from service.video import JobStorage
+            from worker import video
+        except Exception as exc:  # the video feature is optional for image serving
+            logger.info("video jobs disabled: %s", exc)
+            return
+        video.configure(
+            video.VideoContext(
+                connection=self.connection,
+                storage=JobStorage(self.settings.storage),
+                detector=self.runtime.detector,
+                worker_name=self.name,
+                max_batch=self.max_batch,
+                ttl_s=self.settings.job_ttl_s,
+                between_batches=self.serve_waiting_images,
+                frames_processed=self.metrics.video_frames.inc,
+            )
+        )
+
+    def _idle_until_stopped(self) -> None:
+        stopped = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, lambda *_: stopped.set())
+        stopped.wait()
+
+    # dispatch
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        handler = self.job_handlers.get(job_kind(job))
+        if handler is None:
+            super().execute_job(job, queue)  # rq's own in-process execution (video chunks and the like)
+            return
+        handler(job, queue)
+        self.set_state(RqWorkerStatus.IDLE)
+
+    def _handle_image_job(self, job: Job, queue: Queue) -> None:
+        task = self._make_task(job, queue, from_rq_loop=True)
+        if task is not None:
+            self._image_session(task, idle_s=SESSION_IDLE_S)
+
+    def serve_waiting_images(self) -> None:
+        """Serve the image jobs waiting now (called between video batches): interactive work goes first."""
+        if self.runtime.detector is None:
+            return
+        image_queue = Queue(self.settings.image_queue, connection=self.connection, serializer=JSONSerializer)
+        job_id = self.connection.lpop(image_queue.key)
+        if job_id is None:
+            return
+        task = self._fetch_task(job_id.decode() if isinstance(job_id, bytes) else str(job_id), image_queue)
+        if task is not None:
+            self._image_session(task, idle_s=0.0)
+
+    # image session
+    def _image_session(self, first: ImageTask, idle_s: float) -> None:
+        """Batch image jobs from `first.queue` until it stays empty for `idle_s`."""
+        self.set_state(RqWorkerStatus.BUSY)  # a warm shutdown now waits for the session to end
+        pending: queue.Queue[ImageTask] = queue.Queue()
+        slots = threading.Semaphore(self.max_batch)
+        stop = threading.Event()
+        slots.acquire()
+        pending.put(first)
+        feeder = threading.Thread(
+            target=self._feed, args=(first.queue, pending, slots, stop), name="image-feeder", daemon=True
+        )
+        feeder.start()
+        carry: ImageTask | None = None
+        try:
+            while not self._stop_requested:
+                batch = collect_batch(
+                    pending,
+                    self.max_batch,
+                    self.settings.max_delay_ms / 1000.0,
+                    weight=lambda task: task.weight,
+                    first_timeout_s=idle_s,
+                    carry=carry,
+                )
+                carry = batch.carry
+                if not batch.items:
+                    break
+                for _ in batch.items:
+                    slots.release()
+                self._process(batch.items)
+                self._maybe_heartbeat()
+        finally:
+            stop.set()
+            feeder.join()
+            leftovers = ([carry] if carry is not None else []) + drain(pending)
+            for start in range(0, len(leftovers), self.max_batch):
+                self._process(leftovers[start : start + self.max_batch])
+            assert self._completer is not None
+            self._completer.submit(lambda: None).result()  # every outcome recorded before returning
+
+    def _feed(
+        self, source: Queue, pending: queue.Queue[ImageTask], slots: threading.Semaphore, stop: threading.Event
+    ) -> None:
+        """Pop image jobs while the session lasts, at most `max_batch` ahead of the main thread."""
+        while not stop.is_set():
+            if not slots.acquire(timeout=FEED_POLL_S):
+                continue
+            try:
+                popped = self.connection.blpop([source.key], timeout=FEED_POLL_S)
+            except redis.RedisError as exc:
+                slots.release()
+                logger.warning("worker %s: cannot pop image jobs: %s", self.name, exc)
+                stop.wait(1.0)
+                continue
+            task = None
+            if popped is not None:
+                job_id = popped[1].decode() if isinstance(popped[1], bytes) else str(popped[1])
+                task = self._fetch_task(job_id, source)
+            if task is None:
+                slots.release()
+                continue
+            pending.put(task)
+
+    def _fetch_task(self, job_id: str, source: Queue) -> ImageTask | None:
+        try:
+            job = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
+        except NoSuchJobError:
+            return None  # expired or canceled while queued
+        except Exception:
+            logger.exception("worker %s: cannot load job %s", self.name, job_id)
+            return None
+        return self._make_task(job, source, from_rq_loop=False)
+
+    def _make_task(self, job: Job, source: Queue, from_rq_loop: bool) -> ImageTask | None:
+        """Validate the payload, measure the queue wait, start decoding (or note why not)."""
+        picked_at = time.time()
+        try:
+            payload = ImageJobPayload.model_validate((job.kwargs or {})["payload"])
+        except Exception as exc:
+            logger.error("worker %s: job %s is not a valid image job: %s", self.name, job.id, exc)
+            self._submit_completion(self._record_invalid, job, source, f"invalid image job payload: {exc}")
+            return None
+        task = ImageTask(job=job, queue=source, payload=payload, picked_at=picked_at, from_rq_loop=from_rq_loop)
+        self.metrics.queue_wait.labels(queue=source.name.rsplit(":", 1)[-1]).observe(
+            max(0.0, picked_at - payload.enqueued_at)
+        )
+        if picked_at > payload.deadline:
+            task.failure = JobFailure(
+                kind=FailureKind.TIMEOUT, detail="the request's deadline passed before a worker took the job"
+            )
+        else:
+            assert self._decoder is not None
+            task.decoded = self._decoder.submit(self.runtime.decode, payload)
+        return task
+
+    def _process(self, tasks: list[ImageTask]) -> None:
+        """Start the jobs in rq, run the batch, record the outcomes (both recordings on the completer)."""
+        if not tasks:
+            return
+        self._submit_completion(self._start_jobs, tasks)
+        outcomes = self.runtime.run(tasks)
+        self._submit_completion(self._finish_jobs, tasks, outcomes)
+
+    def _maybe_heartbeat(self) -> None:
+        if time.monotonic() - self._last_rq_heartbeat > RQ_HEARTBEAT_S:
+            self._last_rq_heartbeat = time.monotonic()
+            try:
+                self.heartbeat()
+            except redis.RedisError as exc:
+                logger.warning("worker %s: heartbeat failed: %s", self.name, exc)
+
+    # rq bookkeeping (completer thread only)
+    def _submit_completion(self, function: Callable[..., None], *args: Any) -> None:
+        assert self._completer is not None
+        self._completer.submit(self._guarded, function, *args)
+
+    def _guarded(self, function: Callable[..., None], *args: Any) -> None:
+        try:
+            function(*args)
+        except Exception:
+            logger.exception("worker %s: recording job state failed", self.name)
+
+    def _start_jobs(self, tasks: list[ImageTask]) -> None:
+        for task in tasks:
+            self._start_job(task.job, from_rq_loop=task.from_rq_loop, task=task)
+
+    def _start_job(self, job: Job, from_rq_loop: bool, task: ImageTask | None = None) -> Any:
+        execution = self.prepare_execution(job)
+        self.prepare_job_execution(job, remove_from_intermediate_queue=from_rq_loop and len(self.queues) == 1)
+        if task is not None:
+            task.execution = execution
+        return execution
+
+    def _finish_jobs(self, tasks: list[ImageTask], outcomes: list[Outcome]) -> None:
+        for task, outcome in pair_outputs(tasks, outcomes, "run"):
+            try:
+                self._finish_job(task, outcome)
+            except Exception:
+                logger.exception("worker %s: could not record the outcome of job %s", self.name, task.job.id)
+            self._reply(task, outcome)
+
+    def _finish_job(self, task: ImageTask, outcome: Outcome) -> None:
+        job = task.job
+        if task.execution is None:
+            self._start_job(job, from_rq_loop=False, task=task)
+        job.ended_at = now()
+        if outcome.failure is None and outcome.result is not None:
+            job._result = outcome.result.model_dump(mode="json", exclude={"gradcam"}) | {
+                "gradcam": outcome.result.gradcam is not None
+            }
+            job._status = JobStatus.FINISHED
+            self.handle_job_success(
+                job=job,
+                queue=task.queue,
+                started_job_registry=task.queue.started_job_registry,
+                execution=task.execution,
+            )
+            return
+        failure = outcome.failure or JobFailure(kind=FailureKind.INTERNAL, detail="no result")
+        self.metrics.failures.labels(reason=failure.kind.value).inc()
+        job._status = JobStatus.FAILED
+        self.handle_job_failure(
+            job=job, queue=task.queue, exc_string=f"{failure.kind.value}: {failure.detail}", execution=task.execution
+        )
+
+    def _reply(self, task: ImageTask, outcome: Outcome) -> None:
+        payload = task.payload
+        message = ReplyMessage(
+            job_id=task.job.id,
+            index=payload.index,
+            result=outcome.result,
+            failure=outcome.failure,
+            model=self.runtime.model_info,
+        )
+        keep_s = max(1, math.ceil(payload.deadline - time.time()) + 60)
+        try:
+            with self.connection.pipeline(transaction=False) as pipeline:
+                pipeline.rpush(payload.reply_key, message.model_dump_json())
+                pipeline.expire(payload.reply_key, keep_s)
+                pipeline.execute()
+        except redis.RedisError:
+            logger.exception("worker %s: could not reply for job %s", self.name, task.job.id)
+
+    def _record_invalid(self, job: Job, source: Queue, detail: str) -> None:
+        execution = self._start_job(job, from_rq_loop=False)
+        job.ended_at = now()
+        self.metrics.failures.labels(reason=FailureKind.INTERNAL.value).inc()
+        self.handle_job_failure(job=job, queue=source, exc_string=f"internal: {detail}", execution=execution)
