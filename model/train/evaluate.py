@@ -4,11 +4,12 @@
 NMS, boxes back in original pixels) on the split's original frames and scores the results against the labels
 in those pixels. mAP uses every detection above `conf` (0.001 by default, as mAP needs the whole ranking);
 precision, recall, Pd and false alarms are taken at the operating confidence `operating_conf` (0.25, the
-default of `masenet predict` and the service). The PNG plots of training and evaluation live here too.
+default of `masenet predict` and the service). The results.csv helpers and the PNG plots live here too.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 from collections.abc import Sequence
@@ -191,6 +192,35 @@ def evaluate(
     result["fitness"] = fitness(result)
     result["seconds"] = time.perf_counter() - started
     return result
+
+
+def overall_metrics(result: dict[str, Any] | None) -> dict[str, float]:
+    """The overall row as plain floats (what goes into checkpoints, CSV rows and provenance)."""
+    if not result:
+        return {}
+    overall = result["all"]
+    values = {key: overall[key] for key in ("precision", "recall", "map50", "map50_95", "pd", "fa_per_frame")}
+    values.update({f"pd_{name}": value for name, value in overall["pd_by_size"].items()})
+    return {key: float(value) for key, value in values.items()}
+
+
+def write_results(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Write results.csv rows (one dict per epoch)."""
+    if not rows:
+        return
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a results.csv (none when the file does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def _cell(value: Any) -> str:

@@ -11,8 +11,11 @@ One run writes, under `out/`:
 
 Optimiser: "auto" takes AdamW (lr 0.002 * 5 / (4 + nc)) for short runs (under 10,000 iterations) and SGD
 (lr 0.01, Nesterov momentum 0.937) for long ones; weight decay applies to weights of convolutions and linear
-layers only. Mixed precision on CUDA only; gradients clipped to norm 10; an EMA of the weights is what gets
-validated and exported.
+layers only. With a time limit, the iterations a run can do are estimated from one timed training step
+before it starts (the smaller of that and epochs * iterations per epoch); "auto", the warm-up cap and the
+EMA ramp use that estimate, and the choice is saved with the config so a resumed run keeps it. Mixed
+precision on CUDA only; gradients clipped to norm 10; an EMA of the weights is what gets validated and
+exported.
 
 Learning rate: a linear warm-up (warmup_epochs, at least 20 iterations, at most 10% of the planned iterations
 or 5% of the progress), then a cosine from lr0 down to lr0 * lrf over the run's progress:
@@ -30,7 +33,6 @@ Mosaic is switched off for the last 10% of the progress.
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import logging
 import math
@@ -49,7 +51,7 @@ from torch import Tensor, nn
 from model.errors import CheckpointError
 from model.train.augment import AugmentConfig
 from model.train.data import YoloDataset, collate, describe, worker_count
-from model.train.evaluate import evaluate, plot_losses, plot_pr_curve
+from model.train.evaluate import evaluate, overall_metrics, plot_losses, plot_pr_curve, read_results, write_results
 from model.train.loss import DetectionLoss
 
 logger = logging.getLogger(__name__)
@@ -133,11 +135,16 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
+def auto_optimizer(expected_iterations: int) -> str:
+    """AdamW for short runs, SGD for long ones."""
+    return "adamw" if expected_iterations < 10_000 else "sgd"
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig, planned_iterations: int, nc: int) -> torch.optim.Optimizer:
     """SGD or AdamW (see the module docstring); the base lr is kept in each group's 'initial_lr'."""
     name = config.optimizer.lower()
     if name == "auto":
-        name = "adamw" if planned_iterations < 10_000 else "sgd"
+        name = auto_optimizer(planned_iterations)
     groups = _param_groups(model, config.weight_decay)
     if name == "adamw":
         lr = config.lr0 or round(0.002 * 5 / (4 + nc), 6)
@@ -149,7 +156,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig, planned_iterations: i
         raise ValueError(f"unknown optimizer {config.optimizer!r}; choose auto, sgd or adamw")
     for group in optimizer.param_groups:
         group["initial_lr"] = lr
-    logger.info("optimizer %s, lr0 %g, %d planned iterations", name, lr, planned_iterations)
+    logger.info("optimizer %s, lr0 %g, about %d iterations", name, lr, planned_iterations)
     return optimizer
 
 
@@ -163,16 +170,6 @@ def lr_factor(progress: float, iteration: int, warmup_iterations: int, lrf: floa
     if warmup_iterations <= 0:
         return cosine
     return cosine * min(1.0, max((iteration + 1) / warmup_iterations, progress / WARMUP_PROGRESS))
-
-
-def _plain_metrics(result: dict[str, Any] | None) -> dict[str, float]:
-    """The overall row as plain floats (what goes into checkpoints, CSV rows and provenance)."""
-    if not result:
-        return {}
-    overall = result["all"]
-    values = {key: overall[key] for key in ("precision", "recall", "map50", "map50_95", "pd", "fa_per_frame")}
-    values.update({f"pd_{name}": value for name, value in overall["pd_by_size"].items()})
-    return {key: float(value) for key, value in values.items()}
 
 
 def _hardware(device: torch.device) -> str:
@@ -219,27 +216,6 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     temporary.replace(path)
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _read_csv(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-
-
 def _resume_state(config: TrainConfig, last_path: Path) -> tuple[TrainConfig, dict[str, Any]]:
     """The saved run state and its config, with this invocation's epochs (if larger), time limit and devices."""
     if not last_path.is_file():
@@ -278,7 +254,8 @@ class _Run:
             config, resumed = _resume_state(config, self.last_path)
         self.config = config
         (self.out / "weights").mkdir(parents=True, exist_ok=True)
-        _seed_everything(config.seed)
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
@@ -290,16 +267,21 @@ class _Run:
         self.batch_size = max(1, min(config.batch, len(self.train_set)))
         self.iterations_per_epoch = math.ceil(len(self.train_set) / self.batch_size)
         self.planned_iterations = config.epochs * self.iterations_per_epoch
-        warmup = max(round(config.warmup_epochs * self.iterations_per_epoch), 20)
-        self.warmup_iterations = min(warmup, self.planned_iterations // 10)
+        self.time_budget = config.time_limit * 60.0 if config.time_limit else None
 
         nc = self.train_set.num_classes
         self.model = _initial_model(config, nc).to(self.device).train()
-        self.optimizer = build_optimizer(self.model, config, self.planned_iterations, nc)
-        tau = float(min(2000, max(10, self.planned_iterations // 5)))
-        self.ema = ModelEMA(self.model, config.ema_decay, tau=tau)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.criterion = DetectionLoss(nc, strides=self.model.strides, reg_max=self.model.reg_max)
+        expected = self.planned_iterations
+        if self.time_budget and resumed is None:
+            expected = max(1, min(expected, int(self.time_budget / self._probe_step_seconds())))
+        if config.optimizer == "auto":
+            config = self.config = dataclasses.replace(config, optimizer=auto_optimizer(expected))
+        warmup = max(round(config.warmup_epochs * self.iterations_per_epoch), 20)
+        self.warmup_iterations = min(warmup, expected // 10)
+        self.optimizer = build_optimizer(self.model, config, expected, nc)
+        self.ema = ModelEMA(self.model, config.ema_decay, tau=float(min(2000, max(10, expected // 5))))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.start_epoch, self.iteration, self.progress_start, self.best_fitness = 0, 0, 0.0, -1.0
         self.elapsed_before = 0.0
         self.best_result: dict[str, Any] | None = None
@@ -307,7 +289,6 @@ class _Run:
         if resumed is not None:
             self._restore(resumed)
         self.progress = self.progress_start
-        self.time_budget = config.time_limit * 60.0 if config.time_limit else None
         self.reserve = 0.0  # seconds kept for the last validation and checkpoint
         self.reserve_measured = False
         self.stopped_by_time = False
@@ -316,15 +297,29 @@ class _Run:
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.ema.module.load_state_dict(state["ema"])
-        self.ema.updates = int(state["ema_updates"])
+        self.ema.updates, self.ema.tau = int(state["ema_updates"]), float(state.get("ema_tau", self.ema.tau))
         self.optimizer.load_state_dict(state["optimizer"])
         if self.use_amp and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
         self.progress_start, self.best_fitness = float(state["progress"]), float(state["best_fitness"])
         self.elapsed_before = float(state.get("elapsed", 0.0))
-        self.rows = _read_csv(self.out / "results.csv")
+        self.rows = read_results(self.out / "results.csv")
         logger.info("resuming %s at epoch %d/%d", self.out, self.start_epoch + 1, self.config.epochs)
+
+    def _probe_step_seconds(self) -> float:
+        """Time one forward and backward pass on a training batch; the weights are left as they were."""
+        state = copy.deepcopy(self.model.state_dict())
+        batch = collate([self.train_set[index] for index in range(self.batch_size)])
+        started = time.perf_counter()
+        images = batch["images"].to(self.device).float().div_(255.0)  # (B, 3, S, S)
+        total, _ = self.criterion(self.model(images), batch["targets"].to(self.device))
+        total.backward()
+        seconds = time.perf_counter() - started
+        self.model.zero_grad(set_to_none=True)
+        self.model.load_state_dict(state)
+        logger.info("one training step takes about %.2f s", seconds)
+        return seconds
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -412,6 +407,7 @@ class _Run:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "ema": {k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()},
             "ema_updates": self.ema.updates,
+            "ema_tau": self.ema.tau,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.use_amp else {},
             "epoch": epoch + 1,
@@ -427,7 +423,7 @@ class _Run:
 
     def finish_epoch(self, epoch: int, losses: list[float], result: dict[str, Any] | None, seconds: float) -> None:
         """Record the epoch: CSV row, last/best checkpoints, plots, a log line."""
-        metrics = _plain_metrics(result)
+        metrics = overall_metrics(result)
         improved = result is not None and result["fitness"] > self.best_fitness
         if improved:
             self.best_fitness, self.best_result = float(result["fitness"]), result
@@ -442,7 +438,7 @@ class _Run:
         _save(self.last_path, state)
         if improved or not self.best_path.exists():
             _save(self.best_path, {key: value for key, value in state.items() if key not in ("optimizer", "scaler")})
-        _write_csv(self.out / "results.csv", self.rows)
+        write_results(self.out / "results.csv", self.rows)
         plot_losses(self.rows, self.out / "losses.png")
         if self.best_result is not None:
             plot_pr_curve(self.best_result, self.out / "pr_curve.png")

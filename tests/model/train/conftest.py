@@ -1,4 +1,4 @@
-"""A tiny YOLO dataset written with numpy and Pillow: grey frames with bright squares."""
+"""Shared by the training tests: a tiny YOLO dataset (numpy + Pillow) and one torch thread."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 
@@ -35,3 +36,12 @@ def write_squares_dataset(root: Path, train: int = 16, val: int = 4, size: int =
 @pytest.fixture
 def squares_dataset(tmp_path: Path) -> Path:
     return write_squares_dataset(tmp_path / "squares")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one torch thread is as fast, and far steadier when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -20,15 +20,6 @@ from tests.model.train.conftest import write_squares_dataset
 EPOCHS = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one torch thread is as fast, and far steadier when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(data.yaml, run folder) of a 4-epoch run at 64 px, made through the command line."""
@@ -92,6 +83,8 @@ def test_time_limit_stops_cleanly(trained: tuple[Path, Path], tmp_path: Path) ->
     )
     assert result.stopped_by_time and result.epochs_completed == 1
     assert result.exported.is_file() and len(_rows(tmp_path / "t")) == 1
+    state = torch.load(tmp_path / "t" / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["config"]["optimizer"] == "adamw"  # "auto" resolved from the timed step, saved for resuming
 
 
 def test_val_prints_table_json_and_plot(trained: tuple[Path, Path], tmp_path: Path, capsys) -> None:
