@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 
@@ -61,10 +63,17 @@ def encode_png(frame: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def match_worker_cpu_policy() -> None:
+    """Run the bare model under the worker's OpenMP wait policy (see worker.runtime), so both compare fairly."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def bare_model_throughput(
     frames: list[np.ndarray], weights: str | None, device: str, batch: int, imgsz: int, seconds: float = 5.0
 ) -> float:
     """Images per second of Detector.detect on `batch` frames at a time (after a warm-up)."""
+    match_worker_cpu_policy()
     from model.detector import Detector
 
     detector = Detector(checkpoint=weights, device=device, imgsz=imgsz)

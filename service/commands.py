@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import time
 
@@ -145,6 +146,7 @@ def run_bench_service(args: argparse.Namespace) -> int:
 
     max_batch = args.max_batch or settings.max_batch
     if max_batch is None:
+        bench.match_worker_cpu_policy()
         import torch
 
         on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
@@ -186,6 +188,7 @@ def run_bench_service(args: argparse.Namespace) -> int:
         f"\nPOST /detect, one {width}x{height} PNG per request, imgsz {args.imgsz}, {args.requests} requests per level"
     )
     print(bench.format_table(results, bare, max_batch))
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} for the worker and the bare model")
     if bare_runs:
         print("bare model runs (before, after the service): " + ", ".join(f"{run:.1f}" for run in bare_runs) + " img/s")
     return 0

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
+import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -38,6 +40,20 @@ from worker.metrics import WorkerMetrics
 logger = logging.getLogger(__name__)
 
 WARMUP_SIZE = 64
+CPU_WAIT_POLICY = "PASSIVE"
+
+
+def prefer_passive_cpu_threads() -> None:
+    """Make idle OpenMP threads sleep instead of spin, unless OMP_WAIT_POLICY is already set.
+
+    A worker shares its cores with the API, Redis and decoding threads. Spinning OpenMP threads then keep
+    the thread they wait for off the CPU, and a forward pass that takes 70 ms can stall for seconds. Must run
+    before torch is imported (OpenMP reads the variable once).
+    """
+    if "torch" in sys.modules:
+        logger.debug("torch already imported: OMP_WAIT_POLICY left as it is")
+        return
+    os.environ.setdefault("OMP_WAIT_POLICY", CPU_WAIT_POLICY)
 
 
 class JobMediaError(Exception):

@@ -2,9 +2,10 @@
 
 A chunk job decodes source frames [start, stop) of the stored upload (seek to the keyframe before
 `start`, decode forward, keep every `frame_stride`-th frame), runs them through the detector in batches of
-`max_batch`, counts progress in the job hash after every batch, and writes its result file. Between
-batches it checks whether the job was canceled (so work stops within one chunk) and calls the worker's
-`between_batches` hook, which serves interactive image jobs that arrived meanwhile.
+at most `max_batch` (sized so that one pass stays short, see AdaptiveBatcher), counts progress in the job
+hash after every batch, and writes its result file. Between batches it checks whether the job was
+canceled (so work stops within one chunk) and calls the worker's `between_batches` hook, which serves
+interactive image jobs that arrived meanwhile.
 
 The finalize job runs once every chunk job has ended (rq dependency with failures allowed). It fails the
 video job if a chunk is missing, otherwise merges the chunk results in frame order, tracks targets over
@@ -65,6 +66,7 @@ class VideoContext:
     detector: FrameDetector | None
     worker_name: str
     max_batch: int = 8
+    batch_time_target_s: float = 0.25  # video batches are sized to take about this long (see AdaptiveBatcher)
     ttl_s: int = 86400
     between_batches: Callable[[], None] | None = None
     frames_processed: Callable[[int], None] | None = None  # metrics hook: frames run through the model
@@ -208,15 +210,35 @@ def prefetch(items: Iterable[Item], depth: int) -> Iterator[Item]:
                 thread.join(timeout=0.05)
 
 
-def batched(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
-    batch: list[Item] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
+class AdaptiveBatcher:
+    """Groups frames into batches sized so that one forward pass takes about `target_s`.
+
+    Interactive image jobs are served between video batches, so a long batch delays them. On a fast device
+    the size reaches `max_batch` at once; on a slow one (a CPU) batches shrink until one takes about
+    `target_s`, which bounds the wait of an image request. The first batch holds a single frame to measure.
+    """
+
+    def __init__(self, max_batch: int, target_s: float) -> None:
+        self.max_batch = max(1, max_batch)
+        self.target_s = target_s
+        self.size = 1
+        self.seconds_per_frame: float | None = None
+
+    def observe(self, frames: int, seconds: float) -> None:
+        """Record how long a batch of `frames` took and size the next one."""
+        per_frame = seconds / max(frames, 1)
+        previous = self.seconds_per_frame
+        self.seconds_per_frame = per_frame if previous is None else 0.5 * previous + 0.5 * per_frame
+        fitting = int(self.target_s / self.seconds_per_frame) if self.seconds_per_frame > 0 else self.max_batch
+        self.size = min(self.max_batch, max(1, fitting))
+
+    def batches(self, items: Iterable[Item]) -> Iterator[list[Item]]:
+        iterator = iter(items)
+        while True:
+            batch = [item for _, item in zip(range(self.size), iterator, strict=False)]
+            if not batch:
+                return
             yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 # ----------------------------------------------------------------------------------------------- chunk
@@ -256,8 +278,10 @@ def _detect_chunk(
     input_path = context.storage.job_dir(job_id) / state["input_name"]
     frames: list[dict[str, Any]] = []
     decoded = prefetch(iter_frames(input_path, start, stop, stride), depth=2 * context.max_batch)
+    batcher = AdaptiveBatcher(context.max_batch, context.batch_time_target_s)
     try:
-        for batch in batched(decoded, context.max_batch):
+        for batch in batcher.batches(decoded):
+            batch_started = time.perf_counter()
             detections = context.detector.detect(
                 [frame.image for frame in batch],
                 conf=float(params.get("conf", 0.25)),
@@ -269,6 +293,7 @@ def _detect_chunk(
                 raise RuntimeError(f"the detector returned {len(detections)} results for {len(batch)} frames")
             for frame, found in zip(batch, detections, strict=True):
                 frames.append({"index": frame.index, "time_s": frame.time_s, "detections": found})
+            batcher.observe(len(batch), time.perf_counter() - batch_started)
             add_progress(context.connection, prefix, job_id, len(batch))
             if context.frames_processed is not None:
                 context.frames_processed(len(batch))

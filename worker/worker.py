@@ -56,7 +56,7 @@ from service.contracts import (
 from service.settings import Settings, get_settings
 from worker.batching import collect_batch, drain, pair_outputs
 from worker.metrics import WorkerMetrics
-from worker.runtime import ImageTask, InferenceRuntime, Outcome
+from worker.runtime import ImageTask, InferenceRuntime, Outcome, prefer_passive_cpu_threads
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,7 @@ class BatchingWorker(SimpleWorker):
         names = [queues] if isinstance(queues, str | Queue) else list(queues)
         names = [item.name if isinstance(item, Queue) else str(item) for item in names]
         super().__init__(names, *args, serializer=JSONSerializer, **kwargs)
+        prefer_passive_cpu_threads()  # before the model (and torch) loads in work()
         self.settings = settings or get_settings()
         self.metrics = WorkerMetrics()
         self.runtime = InferenceRuntime(self.settings, self.connection, self.metrics, worker_name=self.name)
@@ -360,7 +361,9 @@ class BatchingWorker(SimpleWorker):
         if not tasks:
             return
         self._submit_completion(self._start_jobs, tasks)
+        started = time.perf_counter()
         outcomes = self.runtime.run(tasks)
+        logger.debug("worker %s: batch of %d in %.1f ms", self.name, len(tasks), (time.perf_counter() - started) * 1e3)
         self._submit_completion(self._finish_jobs, tasks, outcomes)
 
     def _maybe_heartbeat(self) -> None:

@@ -32,7 +32,7 @@ from service.video import (
 )
 from tests.video.synthetic import DEFAULT_TARGETS, BrightSpotDetector, write_test_video
 from worker import video as video_jobs
-from worker.video import VideoContext, finalize, iter_frames, merge_chunks, prefetch, run_chunk
+from worker.video import AdaptiveBatcher, VideoContext, finalize, iter_frames, merge_chunks, prefetch, run_chunk
 
 
 def submit(connection, prefix: str, storage: JobStorage, video: Path, chunk_frames: int = 16, **params) -> tuple:
@@ -104,6 +104,22 @@ def test_prefetch_hands_over_items_and_errors() -> None:
     assert not any(thread.name == "video-decode" for thread in threading.enumerate())
 
 
+def test_adaptive_batches_stay_near_the_time_target() -> None:
+    batcher = AdaptiveBatcher(max_batch=8, target_s=0.25)
+    assert batcher.size == 1
+    batcher.observe(frames=1, seconds=0.001)  # a fast device: full batches
+    assert batcher.size == 8
+    slow = AdaptiveBatcher(max_batch=8, target_s=0.25)
+    slow.observe(frames=1, seconds=0.1)  # 0.1 s per frame: two frames fit the target
+    assert slow.size == 2
+    slow.observe(frames=2, seconds=1.0)  # it got slower: single frames
+    assert slow.size == 1
+    assert [len(batch) for batch in AdaptiveBatcher(8, 1.0).batches(range(5))] == [1, 1, 1, 1, 1]
+    grown = AdaptiveBatcher(3, 1.0)
+    grown.size = 3
+    assert [len(batch) for batch in grown.batches(range(7))] == [3, 3, 1]
+
+
 def test_chunks_and_finalize_give_every_frame_with_true_positions_and_stable_tracks(
     redis_connection, prefix: str, tmp_path: Path, test_video: Path
 ) -> None:
@@ -117,7 +133,7 @@ def test_chunks_and_finalize_give_every_frame_with_true_positions_and_stable_tra
     state = read_job_state(redis_connection, prefix, job_id)
     assert state["status"] == "finished" and state["error"] is None and state["ended_at"]
     assert state["progress"] == {"frames_done": 64, "frames_total": 64}
-    assert max(detector.batch_sizes) == 4  # frames went through in batches of max_batch
+    assert detector.batch_sizes[0] == 1 and max(detector.batch_sizes) == 4  # measured, then up to max_batch
 
     result = json.loads(storage.result_path(job_id).read_text())
     assert result["video"] == {"fps": 25.0, "width": 160, "height": 128, "frames": 64}
@@ -174,7 +190,7 @@ def test_cancel_between_batches_stops_the_chunk(
 
     context = context_for(redis_connection, storage, detector, between_batches=cancel_now)
     outcome = run_chunk({"prefix": prefix, "job_id": job_id, "index": 0, "start": 0, "stop": 64}, context)
-    assert outcome["stopped"] and detector.batch_sizes == [4, 4]  # one batch after the cancel was seen
+    assert outcome["stopped"] and detector.batch_sizes == [1, 4]  # one batch after the cancel was seen
     assert not storage.chunk_path(job_id, 0).exists()
     assert finalize({"prefix": prefix, "job_id": job_id}, context)["status"] == "canceled"
     assert read_job_state(redis_connection, prefix, job_id)["status"] == "canceled"
