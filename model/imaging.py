@@ -82,9 +82,7 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
             if max_pixels is not None and image.width * image.height > max_pixels:
-                raise ImageDecodeError(
-                    f"image is {image.width}x{image.height}, above the limit of {max_pixels} pixels"
-                )
+                raise ImageDecodeError(f"image is {image.width}x{image.height}, above the limit of {max_pixels} pixels")
             if getattr(image, "n_frames", 1) > 1:
                 raise ImageDecodeError("animated or multi-page images are not supported: send single frames")
             ImageFile.LOAD_TRUNCATED_IMAGES = False
