@@ -4,7 +4,12 @@ One rq job per image (rq's JSON serializer; the bytes go raw under a key with a 
 `ReplyMessage` per job onto the request's reply list; the API waits on it with BLPOP (redis.asyncio), so
 waiting costs no polling. On timeout the unfinished jobs are canceled through rq and their keys deleted.
 
-rq is synchronous: `enqueue` and `cancel` are plain functions that the routes run in the thread pool.
+While it waits, the API also watches for abandoned jobs: every few seconds without a reply it checks the
+request's unanswered jobs, and one that is "started" by a worker whose heartbeat record has expired (the
+worker crashed or was killed) is failed through rq (out of the started registry, into the failed one) and
+answered as a worker failure naming the job, instead of hanging until the timeout.
+
+rq is synchronous: `enqueue`, `cancel` and `abandoned` are plain functions run in the thread pool.
 """
 
 from __future__ import annotations
@@ -19,10 +24,21 @@ import redis
 import redis.asyncio as aioredis
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.job_lifecycle import record_job_failure
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
+from starlette.concurrency import run_in_threadpool
 
-from service.contracts import JOB_FUNCTION, DetectParams, ImageJobPayload, ReplyMessage, WorkerState, WorkerStatus
+from service.contracts import (
+    JOB_FUNCTION,
+    DetectParams,
+    FailureKind,
+    ImageJobPayload,
+    JobFailure,
+    ReplyMessage,
+    WorkerState,
+    WorkerStatus,
+)
 from service.errors import QueueFull, ServiceUnavailable
 from service.metrics import queue_key
 from service.settings import Settings
@@ -33,6 +49,7 @@ RESULT_TTL_S = 600
 FAILURE_TTL_S = 24 * 3600
 QUEUE_FULL_RETRY_AFTER_S = 2
 UNAVAILABLE_RETRY_AFTER_S = 5
+ABANDON_CHECK_S = 2.0  # how often a waiting request checks its unanswered jobs for a vanished worker
 
 
 @dataclass(frozen=True)
@@ -134,20 +151,62 @@ class JobBroker:
         return Submission(request_id=request_id, reply_key=reply_key, job_ids=job_ids, deadline=deadline)
 
     async def wait(self, submission: Submission) -> dict[int, ReplyMessage]:
-        """Collect one reply per job until all arrived or the deadline passed (BLPOP, no polling)."""
+        """Collect one reply per job until all arrived, the deadline passed, or a job was abandoned.
+
+        BLPOP in slices of ABANDON_CHECK_S; after a slice without a reply, the unanswered jobs are checked
+        for a dead worker (see `abandoned`), whose jobs come back as failure replies.
+        """
         replies: dict[int, ReplyMessage] = {}
         expected = len(submission.job_ids)
         while len(replies) < expected:
             remaining = submission.deadline - time.time()
             if remaining <= 0:
                 break
-            item = await self.async_redis.blpop([submission.reply_key], timeout=max(remaining, 0.01))
-            if item is None:
+            item = await self.async_redis.blpop(
+                [submission.reply_key], timeout=max(min(remaining, ABANDON_CHECK_S), 0.01)
+            )
+            if item is not None:
+                message = ReplyMessage.model_validate_json(item[1])
+                replies[message.index] = message
+                continue
+            lost = await run_in_threadpool(self.abandoned, submission, set(replies))
+            if lost:
+                replies.update(lost)
                 break
-            message = ReplyMessage.model_validate_json(item[1])
-            replies[message.index] = message
         await self.async_redis.delete(submission.reply_key)
         return replies
+
+    def abandoned(self, submission: Submission, answered: set[int]) -> dict[int, ReplyMessage]:
+        """Fail, through rq, the unanswered jobs started by a worker whose heartbeat record has expired."""
+        lost: dict[int, ReplyMessage] = {}
+        for index, job_id in enumerate(submission.job_ids):
+            if index in answered:
+                continue
+            try:
+                job = Job.fetch(job_id, connection=self.sync_redis, serializer=JSONSerializer)
+            except NoSuchJobError:
+                continue
+            if job.get_status(refresh=False) != JobStatus.STARTED or not job.worker_name:
+                continue
+            if self.sync_redis.exists(self.settings.worker_key(job.worker_name)):
+                continue
+            detail = (
+                f"worker {job.worker_name} stopped sending heartbeats while it ran this job (it crashed or was "
+                "killed); retry the request"
+            )
+            logger.warning("job %s abandoned: %s", job_id, detail)
+            self.fail_abandoned(job, detail)
+            failure = JobFailure(kind=FailureKind.INTERNAL, detail=detail)
+            lost[index] = ReplyMessage(job_id=job_id, index=index, failure=failure)
+        return lost
+
+    def fail_abandoned(self, job: Job, detail: str) -> None:
+        """Move an abandoned job from the started registry to the failed one, as rq's own cleanup would."""
+        with self.sync_redis.pipeline() as pipeline:
+            self.queue.started_job_registry.remove_executions(job, pipeline=pipeline)
+            record_job_failure(job, f"abandoned: {detail}", pipeline)
+            pipeline.execute()
+        self.sync_redis.delete(self.settings.data_key(job.id))
 
     def cancel(self, submission: Submission, finished_indices: set[int]) -> list[str]:
         """Cancel the jobs that did not answer (queued ones leave the queue) and delete their keys."""

@@ -66,7 +66,7 @@ class VideoContext:
     detector: FrameDetector | None
     worker_name: str
     max_batch: int = 8
-    batch_time_target_s: float = 0.25  # video batches are sized to take about this long (see AdaptiveBatcher)
+    batch_time_target_s: float = 0.1  # video batches are sized to take about this long (see AdaptiveBatcher)
     ttl_s: int = 86400
     between_batches: Callable[[], None] | None = None
     frames_processed: Callable[[int], None] | None = None  # metrics hook: frames run through the model

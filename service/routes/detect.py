@@ -83,9 +83,13 @@ async def detect(
         raise unavailable(settings, exc) from exc
     if len(replies) < len(images):
         await run_in_threadpool(broker.cancel, submission, set(replies))
+        raise_for_failures(images, replies)  # a worker that died with the job answers 500 naming it
+        missing = [job_id for index, job_id in enumerate(submission.job_ids) if index not in replies]
+        named = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
         raise ResultTimeout(
             f"no result within {settings.timeout_s:g} s (MASENET_TIMEOUT_S): {len(replies)} of {len(images)} images "
-            "answered and the rest were canceled; check that workers are running (GET /readyz) and retry"
+            f"answered and the rest were canceled (jobs {named}); "
+            "check that workers are running (GET /readyz) and retry"
         )
     return build_response(images, submission, replies, started)
 
@@ -112,10 +116,8 @@ def validate_images(uploads: list[UploadedFile], settings: Settings) -> list[Ima
     return images
 
 
-def build_response(
-    images: list[ImageUpload], submission: Submission, replies: dict[int, ReplyMessage], started: float
-) -> DetectResponse:
-    """Results in request order; a worker failure answers 500 (internal) or 422 (the image's data)."""
+def raise_for_failures(images: list[ImageUpload], replies: dict[int, ReplyMessage]) -> None:
+    """A worker failure answers 500 (internal, naming the job) or 422 (the image's data)."""
     failures = [(index, replies[index]) for index in sorted(replies) if replies[index].failure is not None]
     internal = [(index, reply) for index, reply in failures if reply.failure.kind != FailureKind.MEDIA]
     if internal:
@@ -129,6 +131,13 @@ def build_response(
         raise InvalidMedia(
             f"image {images[index].filename!r} could not be read (job {reply.job_id}): {reply.failure.detail}"
         )
+
+
+def build_response(
+    images: list[ImageUpload], submission: Submission, replies: dict[int, ReplyMessage], started: float
+) -> DetectResponse:
+    """Results in request order, once every image has a reply and none failed."""
+    raise_for_failures(images, replies)
     results = [replies[index].result for index in range(len(images))]
     model = next((reply.model for reply in replies.values() if reply.model is not None), None) or ModelInfo()
     return DetectResponse(

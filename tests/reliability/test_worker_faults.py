@@ -1,0 +1,139 @@
+"""Workers stopped or killed mid-batch, with real worker processes and the real Redis.
+
+SIGTERM: the worker finishes the batch it is running (its requests get 200), then exits 0.
+SIGKILL: the request whose jobs the dead worker held ends well within its timeout, with 200 if the batch
+happened to complete, else a 5xx that names the job; no job of it stays "started"; the surviving worker
+keeps answering.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from rq.job import Job
+from rq.queue import Queue
+from rq.serializers import JSONSerializer
+
+from service.app import create_app
+from tests.service.helpers import WorkerProcess, make_settings, new_prefix, png_bytes
+
+pytestmark = pytest.mark.slow
+logger = logging.getLogger(__name__)
+
+IMAGES = 4
+TIMEOUT_S = 120.0
+HEAVY = {"imgsz": 320}  # a batch of 4 frames at 320 px takes about a second on two CPU cores
+
+
+def frames(count: int = IMAGES) -> list:
+    return [("image", (f"frame-{index}.png", png_bytes(320, 256, seed=index), "image/png")) for index in range(count)]
+
+
+def wait_until(check, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def started_jobs(client: redis.Redis, prefix: str) -> list[Job]:
+    """The image jobs rq records as started, with their workers."""
+    queue = Queue(f"{prefix}:images", connection=client, serializer=JSONSerializer)
+    jobs = []
+    for job_id in queue.started_job_registry.get_job_ids(cleanup=False):
+        job = Job.fetch(job_id, connection=client, serializer=JSONSerializer)
+        if job.get_status() == "started":
+            jobs.append(job)
+    return jobs
+
+
+def post_in_background(client: TestClient, answers: list, timings: list) -> threading.Thread:
+    def send() -> None:
+        started = time.monotonic()
+        answers.append(client.post("/detect", params=HEAVY, files=frames()))
+        timings.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_sigterm_mid_batch_finishes_the_batch_then_exits_0(
+    redis_client: redis.Redis, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    prefix = new_prefix()
+    worker = WorkerProcess(prefix, tiny_checkpoint, tmp_path / "worker.log")
+    answers: list[httpx.Response] = []
+    timings: list[float] = []
+    try:
+        worker.start().wait_for(redis_client, "ready")
+        with TestClient(create_app(make_settings(prefix, timeout_s=TIMEOUT_S))) as client:
+            sender = post_in_background(client, answers, timings)
+            wait_until(lambda: started_jobs(redis_client, prefix), 60, "the worker to start the batch")
+            assert worker.process is not None
+            worker.process.send_signal(signal.SIGTERM)
+            sender.join(timeout=TIMEOUT_S + 30)
+            code = worker.process.wait(timeout=120)
+    finally:
+        worker.stop()
+    logger.info("SIGTERM mid-batch: %s after %s s, worker exit code %s", answers[:1], timings[:1], code)
+    (response,) = answers
+    assert response.status_code == 200, response.text
+    assert [result["filename"] for result in response.json()["results"]] == [f"frame-{i}.png" for i in range(IMAGES)]
+    assert code == 0, worker.log_tail()
+    assert started_jobs(redis_client, prefix) == []
+    assert worker.state(redis_client) is None  # its readiness record went with it
+
+
+def test_sigkill_mid_batch_ends_the_request_and_frees_the_jobs(
+    redis_client: redis.Redis, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    prefix = new_prefix()
+    workers = [WorkerProcess(prefix, tiny_checkpoint, tmp_path / f"worker-{index}.log") for index in range(2)]
+    answers: list[httpx.Response] = []
+    timings: list[float] = []
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.wait_for(redis_client, "ready")
+        with TestClient(create_app(make_settings(prefix, timeout_s=TIMEOUT_S))) as client:
+            sender = post_in_background(client, answers, timings)
+            held = wait_until(lambda: started_jobs(redis_client, prefix), 60, "a worker to start the batch")
+            victim = next(worker for worker in workers if worker.name == held[0].worker_name)
+            survivor = next(worker for worker in workers if worker is not victim)
+            assert victim.process is not None
+            victim.process.send_signal(signal.SIGKILL)
+            victim.process.wait(timeout=30)
+            sender.join(timeout=TIMEOUT_S + 30)
+            assert not sender.is_alive(), "the request never ended"
+            after = client.post("/detect", files=frames(1))
+            wait_until(lambda: victim.state(redis_client) is None, 60, "the dead worker's record to expire")
+            ready = client.get("/readyz")
+    finally:
+        for worker in workers:
+            worker.stop()
+    (response,) = answers
+    (elapsed,) = timings
+    logger.info("SIGKILL mid-batch: %d after %.1f s: %s", response.status_code, elapsed, response.text[:300])
+    assert elapsed < TIMEOUT_S, f"the request took {elapsed:.1f} s"
+    if response.status_code != 200:
+        assert response.status_code in (500, 504), response.text
+        detail = response.json()["detail"]
+        assert any(job.id in detail for job in held), detail
+        if response.status_code == 500:
+            assert victim.name in detail and "heartbeats" in detail
+    assert started_jobs(redis_client, prefix) == []  # nothing of the dead worker stays "started"
+    assert after.status_code == 200, after.text
+    assert ready.status_code == 200 and ready.json()["workers"] == [survivor.name]
