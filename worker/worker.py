@@ -34,6 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.queue import Queue
@@ -65,6 +67,7 @@ FEED_POLL_S = 0.05  # feeder BLPOP timeout: how quickly it notices the end of a 
 STATE_REFRESH_S = 5.0
 STATE_TTL_S = 15
 RQ_HEARTBEAT_S = 10.0
+REDIS_OUTAGE_S = 60.0  # a worker's Redis calls retry through an outage this long (Redis restarted, failed over)
 DECODE_THREADS = 2
 
 JobHandler = Callable[[Job, Queue], None]
@@ -80,6 +83,18 @@ def job_kind(job: Job) -> str:
         payload = (job.kwargs or {}).get("payload") or {}
         return str(payload.get("kind", JobKind.IMAGE.value))
     return str((job.meta or {}).get("kind") or job.func_name)
+
+
+def outage_retry(seconds: float, cap_s: float = 1.0) -> Retry:
+    """A redis-py retry policy that keeps retrying a failed connection for about `seconds`.
+
+    A worker's Redis calls (rq's bookkeeping, replies, video progress) then pause through a Redis restart
+    instead of failing: work in hand is finished and recorded once Redis is back, and the worker never exits
+    because of a short outage. The API does not retry: it answers 503 at once while Redis is down.
+    """
+    backoff = ExponentialBackoff(cap=cap_s, base=0.05)
+    warm_up = 5  # 0.05 + 0.1 + 0.2 + 0.4 + 0.8 s before the cap is reached
+    return Retry(backoff, retries=warm_up + max(1, math.ceil((seconds - 1.55) / cap_s)))
 
 
 class StatePublisher:
@@ -129,6 +144,7 @@ class BatchingWorker(SimpleWorker):
         names = [queues] if isinstance(queues, str | Queue) else list(queues)
         names = [item.name if isinstance(item, Queue) else str(item) for item in names]
         super().__init__(names, *args, serializer=JSONSerializer, **kwargs)
+        self.connection.set_retry(outage_retry(REDIS_OUTAGE_S))
         prefer_passive_cpu_threads()  # before the model (and torch) loads in work()
         self.settings = settings or get_settings()
         self.metrics = WorkerMetrics()

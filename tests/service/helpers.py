@@ -10,20 +10,24 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
+import httpx
 import numpy as np
 import redis
 from PIL import Image
 
+from service.launch import free_port, masenet_command
 from service.settings import Settings
 
 REDIS_URL = os.environ.get("MASENET_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 WORKER_START_TIMEOUT_S = 180.0
+API_START_TIMEOUT_S = 60.0
 
 
 def png_bytes(width: int = 96, height: int = 64, seed: int = 0, bits: int = 8, channels: int = 1) -> bytes:
@@ -143,3 +147,44 @@ class WorkerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+class ApiProcess:
+    """`masenet serve` as a child process, restartable on the same port."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> ApiProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        command = masenet_command("serve", "--host", "127.0.0.1", "--port", str(self.port))
+        self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + API_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"the API exited early:\n{self.log_path.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"the API did not answer /healthz within {API_START_TIMEOUT_S:g} s")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
