@@ -18,6 +18,12 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     train.add_argument("--data", help="data.yaml (path, train, val, names); not needed with --resume")
     train.add_argument("--scale", default="n", choices=("n", "s", "l", "x"), help="model scale (default n)")
     train.add_argument("--imgsz", type=int, default=320, help="training image size, longer side (default 320)")
+    train.add_argument(
+        "--serve-imgsz",
+        type=int,
+        help="inference size written into the exported checkpoint (default: --imgsz); the network is fully "
+        "convolutional, so a model trained on small frames at native pixel scale can serve larger frames",
+    )
     train.add_argument("--epochs", type=int, default=100, help="epochs (default 100)")
     train.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
     train.add_argument("--workers", type=int, default=2, help="data-loading processes, 0 loads inline (default 2)")
@@ -73,6 +79,7 @@ def _train(args: argparse.Namespace) -> int:
         data=args.data or "",
         scale=args.scale,
         imgsz=args.imgsz,
+        serve_imgsz=args.serve_imgsz,
         epochs=args.epochs,
         batch=args.batch,
         workers=args.workers,

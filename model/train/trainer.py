@@ -68,6 +68,7 @@ class TrainConfig:
     data: str
     scale: str = "n"
     imgsz: int = 320
+    serve_imgsz: int | None = None  # inference size written into the exported checkpoint; None: imgsz
     epochs: int = 100
     batch: int = 16
     workers: int = 2
@@ -226,6 +227,7 @@ def _resume_state(config: TrainConfig, last_path: Path) -> tuple[TrainConfig, di
         resume=True,
         epochs=max(config.epochs, int(saved["epochs"])),
         time_limit=config.time_limit,
+        serve_imgsz=config.serve_imgsz or saved.get("serve_imgsz"),
         workers=config.workers,
         device=config.device,
         threads=config.threads,
@@ -465,6 +467,7 @@ class _Run:
             "epochs_completed": epochs_completed,
             "epochs_planned": config.epochs,
             "imgsz": config.imgsz,
+            "serve_imgsz": config.serve_imgsz or config.imgsz,
             "batch": self.batch_size,
             "scale": self.model.scale,
             "hardware": _hardware(self.device),
@@ -478,7 +481,7 @@ class _Run:
             self.out / "weights" / "best.safetensors",
             export_model,
             class_names=list(self.train_set.names),
-            imgsz=config.imgsz,
+            imgsz=config.serve_imgsz or config.imgsz,
             provenance=provenance,
         )
         logger.info("best fitness %.4f; exported %s", self.best_fitness, exported)

@@ -22,11 +22,23 @@ EPOCHS = 4
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(data.yaml, run folder) of a 4-epoch run at 64 px, made through the command line."""
+    """(data.yaml, run folder) of a 4-epoch run at 64 px (served at 96), made through the command line."""
     root = tmp_path_factory.mktemp("train")
     data = write_squares_dataset(root / "data")
     out = root / "run"
-    args = ["train", "--data", str(data), "--imgsz", "64", "--epochs", str(EPOCHS), "--batch", "4"]
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--imgsz",
+        "64",
+        "--serve-imgsz",
+        "96",
+        "--epochs",
+        str(EPOCHS),
+        "--batch",
+        "4",
+    ]
     code = main([*args, "--workers", "0", "--out", str(out), "--seed", "1"])
     assert code == 0
     return data, out
@@ -54,9 +66,10 @@ def test_training_lowers_the_loss_and_writes_everything(trained: tuple[Path, Pat
     assert state["epoch"] == EPOCHS and state["config"]["imgsz"] == 64
     assert {"model", "ema", "optimizer", "best_fitness"} <= set(state)
     meta = read_metadata(run / "weights" / "best.safetensors")
-    assert meta.class_names == ["target"] and meta.imgsz == 64 and meta.nc == 1
+    assert meta.class_names == ["target"] and meta.imgsz == 96 and meta.nc == 1  # --serve-imgsz
     provenance = meta.provenance
     assert provenance["dataset"] == str(data.resolve()) and provenance["imgsz"] == 64
+    assert provenance["serve_imgsz"] == 96
     assert {"command", "hardware", "wall_seconds", "metrics", "epochs"} <= set(provenance)
     assert "map50" in provenance["metrics"]
 
