@@ -5,9 +5,12 @@ One rq job per image (rq's JSON serializer; the bytes go raw under a key with a 
 waiting costs no polling. On timeout the unfinished jobs are canceled through rq and their keys deleted.
 
 While it waits, the API also watches for abandoned jobs: every few seconds without a reply it checks the
-request's unanswered jobs, and one that is "started" by a worker whose heartbeat record has expired (the
-worker crashed or was killed) is failed through rq (out of the started registry, into the failed one) and
-answered as a worker failure naming the job, instead of hanging until the timeout.
+request's unanswered jobs. A job held by a worker whose heartbeat record has expired (the worker crashed or
+was killed) is abandoned: "started" by it, or "queued" but already popped by it (a worker names itself in
+the job's `worker_name` when it takes a job ahead of its batch). Such a job is retried once: put back at the
+front of the queue for another live worker, within the request's deadline. With no other live worker, or
+after its retry, it is failed through rq (out of the started registry, into the failed one) and answered
+as a worker failure naming the job, instead of hanging until the timeout.
 
 rq is synchronous: `enqueue`, `cancel` and `abandoned` are plain functions run in the thread pool.
 """
@@ -50,6 +53,7 @@ FAILURE_TTL_S = 24 * 3600
 QUEUE_FULL_RETRY_AFTER_S = 2
 UNAVAILABLE_RETRY_AFTER_S = 5
 ABANDON_CHECK_S = 2.0  # how often a waiting request checks its unanswered jobs for a vanished worker
+ABANDONED_RETRIES = 1  # times a job of a dead worker is given to another worker before it fails
 
 
 @dataclass(frozen=True)
@@ -177,7 +181,10 @@ class JobBroker:
         return replies
 
     def abandoned(self, submission: Submission, answered: set[int]) -> dict[int, ReplyMessage]:
-        """Fail, through rq, the unanswered jobs started by a worker whose heartbeat record has expired."""
+        """Retry or fail the unanswered jobs held by a worker whose heartbeat record has expired.
+
+        Returns failure replies for the jobs that failed; retried jobs stay unanswered and are waited for.
+        """
         lost: dict[int, ReplyMessage] = {}
         for index, job_id in enumerate(submission.job_ids):
             if index in answered:
@@ -186,19 +193,48 @@ class JobBroker:
                 job = Job.fetch(job_id, connection=self.sync_redis, serializer=JSONSerializer)
             except NoSuchJobError:
                 continue
-            if job.get_status(refresh=False) != JobStatus.STARTED or not job.worker_name:
+            status = job.get_status(refresh=False)
+            if status not in (JobStatus.STARTED, JobStatus.QUEUED) or not job.worker_name:
                 continue
             if self.sync_redis.exists(self.settings.worker_key(job.worker_name)):
                 continue
+            retries = int(job.meta.get("retries", 0))
+            if (
+                retries < ABANDONED_RETRIES
+                and submission.deadline - time.time() > ABANDON_CHECK_S
+                and self.live_worker()
+            ):
+                logger.warning("job %s: worker %s vanished while holding it; retrying it", job_id, job.worker_name)
+                self.requeue_abandoned(job, retries + 1)
+                continue
             detail = (
-                f"worker {job.worker_name} stopped sending heartbeats while it ran this job (it crashed or was "
-                "killed); retry the request"
+                f"worker {job.worker_name} stopped sending heartbeats while it held this job (it crashed or was "
+                "killed)" + (" and its retry failed the same way" if retries else "") + "; retry the request"
             )
             logger.warning("job %s abandoned: %s", job_id, detail)
             self.fail_abandoned(job, detail)
             failure = JobFailure(kind=FailureKind.INTERNAL, detail=detail)
             lost[index] = ReplyMessage(job_id=job_id, index=index, failure=failure)
         return lost
+
+    def live_worker(self) -> bool:
+        """Whether some worker with a loaded model is publishing its heartbeat record."""
+        for key in self.sync_redis.scan_iter(match=self.settings.workers_key_pattern, count=100):
+            raw = self.sync_redis.get(key)
+            if raw is not None and WorkerState.model_validate_json(raw).status == WorkerStatus.READY:
+                return True
+        return False
+
+    def requeue_abandoned(self, job: Job, retries: int) -> None:
+        """Put a dead worker's job back at the front of its queue, for another worker."""
+        job.meta["retries"] = retries
+        job.save_meta()
+        with self.sync_redis.pipeline() as pipeline:
+            self.queue.started_job_registry.remove_executions(job, pipeline=pipeline)
+            job.set_status(JobStatus.QUEUED, pipeline=pipeline)
+            pipeline.hset(job.key, "worker_name", "")
+            self.queue.push_job_id(job.id, pipeline=pipeline, at_front=True)
+            pipeline.execute()
 
     def fail_abandoned(self, job: Job, detail: str) -> None:
         """Move an abandoned job from the started registry to the failed one, as rq's own cleanup would."""

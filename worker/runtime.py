@@ -146,12 +146,15 @@ class InferenceRuntime:
 
     # decode (thread pool)
     def decode(self, payload: ImageJobPayload) -> DecodedImage:
-        """Bytes from Redis to a uint8 tensor on the device; JobMediaError when the client's data is bad."""
+        """Bytes from Redis to a uint8 tensor on the device; JobMediaError when the client's data is bad.
+
+        The bytes stay in Redis until the job's reply is sent (see BatchingWorker._reply), so a job retried after
+        this worker died can still be decoded by another.
+        """
         started = time.perf_counter()
         data = self.connection.get(payload.data_key)
         if data is None:
             raise RuntimeError(f"the image bytes of {payload.filename!r} expired or were removed before decoding")
-        self.connection.delete(payload.data_key)
         try:
             frame = to_rgb8(decode_image(data, max_pixels=self.settings.max_pixels))
         except ImageDecodeError as exc:

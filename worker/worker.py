@@ -351,8 +351,9 @@ class BatchingWorker(SimpleWorker):
         return self._make_task(job, source, from_rq_loop=False)
 
     def _make_task(self, job: Job, source: Queue, from_rq_loop: bool) -> ImageTask | None:
-        """Validate the payload, measure the queue wait, start decoding (or note why not)."""
+        """Claim the job, validate the payload, measure the queue wait, start decoding (or note why not)."""
         picked_at = time.time()
+        self._claim(job)
         try:
             payload = ImageJobPayload.model_validate((job.kwargs or {})["payload"])
         except Exception as exc:
@@ -371,6 +372,14 @@ class BatchingWorker(SimpleWorker):
             assert self._decoder is not None
             task.decoded = self._decoder.submit(self.runtime.decode, payload)
         return task
+
+    def _claim(self, job: Job) -> None:
+        """Name this worker in the job before it is started, so the API can retry it if this process dies."""
+        job.worker_name = self.name
+        try:
+            self.connection.hset(job.key, "worker_name", self.name)
+        except redis.RedisError as exc:
+            logger.warning("worker %s: cannot claim job %s: %s", self.name, job.id, exc)
 
     def _process(self, tasks: list[ImageTask]) -> None:
         """Start the jobs in rq, run the batch, record the outcomes (both recordings on the completer)."""
@@ -458,6 +467,7 @@ class BatchingWorker(SimpleWorker):
             with self.connection.pipeline(transaction=False) as pipeline:
                 pipeline.rpush(payload.reply_key, message.model_dump_json())
                 pipeline.expire(payload.reply_key, keep_s)
+                pipeline.delete(payload.data_key)  # answered: the image bytes are no longer needed
                 pipeline.execute()
         except redis.RedisError:
             logger.exception("worker %s: could not reply for job %s", self.name, task.job.id)

@@ -312,4 +312,4 @@ def test_jobs_are_recorded_through_rq(client: TestClient, redis_client: redis.Re
     failed_job = Job.fetch(failed[0], connection=redis_client, serializer=JSONSerializer)
     assert failed_job.get_status() == "failed"
     assert failed_job.latest_result().exc_string.startswith("media:")
-    assert redis_client.keys(f"{PREFIX}:data:*") == []  # image bytes are deleted once decoded
+    assert redis_client.keys(f"{PREFIX}:data:*") == []  # image bytes are deleted once answered

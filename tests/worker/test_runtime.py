@@ -118,7 +118,9 @@ def test_a_bad_image_fails_alone(runtime: InferenceRuntime, redis_client: redis.
     assert outcomes[3].failure.kind == FailureKind.INTERNAL and "bytes expired" in outcomes[3].failure.detail
 
 
-def test_decode_reads_and_deletes_the_bytes(runtime: InferenceRuntime, redis_client: redis.Redis) -> None:
+def test_decode_reads_the_bytes_and_keeps_them_for_a_retry(
+    runtime: InferenceRuntime, redis_client: redis.Redis
+) -> None:
     buffer = io.BytesIO()
     Image.fromarray(np.full((30, 40), 40000, np.uint16)).save(buffer, format="PNG")
     redis_client.set("runtime-test:data:x", buffer.getvalue())
@@ -127,9 +129,10 @@ def test_decode_reads_and_deletes_the_bytes(runtime: InferenceRuntime, redis_cli
     decoded = runtime.decode(payload)
     assert (decoded.width, decoded.height) == (40, 30)
     assert decoded.frame.dtype == np.uint8 and decoded.frame.shape == (30, 40, 3)
-    assert redis_client.get("runtime-test:data:x") is None
+    assert redis_client.get("runtime-test:data:x") == buffer.getvalue()  # deleted with the reply, not before
     redis_client.set("runtime-test:data:x", b"\x89PNG\r\n\x1a\n broken")
     with pytest.raises(JobMediaError):
         runtime.decode(payload)
+    redis_client.delete("runtime-test:data:x")
     with pytest.raises(RuntimeError, match="expired"):
         runtime.decode(payload)
