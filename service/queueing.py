@@ -27,11 +27,11 @@ import redis
 import redis.asyncio as aioredis
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.job_lifecycle import record_job_failure
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from starlette.concurrency import run_in_threadpool
 
+from service.abandoned import fail, holder_gone, requeue, retries_of
 from service.contracts import (
     JOB_FUNCTION,
     DetectParams,
@@ -193,26 +193,21 @@ class JobBroker:
                 job = Job.fetch(job_id, connection=self.sync_redis, serializer=JSONSerializer)
             except NoSuchJobError:
                 continue
-            status = job.get_status(refresh=False)
-            if status not in (JobStatus.STARTED, JobStatus.QUEUED) or not job.worker_name:
+            if not job.worker_name or not holder_gone(self.sync_redis, job, self.settings.worker_key(job.worker_name)):
                 continue
-            if self.sync_redis.exists(self.settings.worker_key(job.worker_name)):
-                continue
-            retries = int(job.meta.get("retries", 0))
-            if (
-                retries < ABANDONED_RETRIES
-                and submission.deadline - time.time() > ABANDON_CHECK_S
-                and self.live_worker()
-            ):
+            retries = retries_of(job)
+            time_left = submission.deadline - time.time() > ABANDON_CHECK_S
+            if retries < ABANDONED_RETRIES and time_left and self.live_worker():
                 logger.warning("job %s: worker %s vanished while holding it; retrying it", job_id, job.worker_name)
-                self.requeue_abandoned(job, retries + 1)
+                requeue(self.queue, job)
                 continue
             detail = (
                 f"worker {job.worker_name} stopped sending heartbeats while it held this job (it crashed or was "
                 "killed)" + (" and its retry failed the same way" if retries else "") + "; retry the request"
             )
             logger.warning("job %s abandoned: %s", job_id, detail)
-            self.fail_abandoned(job, detail)
+            fail(self.queue, job, detail)
+            self.sync_redis.delete(self.settings.data_key(job.id))
             failure = JobFailure(kind=FailureKind.INTERNAL, detail=detail)
             lost[index] = ReplyMessage(job_id=job_id, index=index, failure=failure)
         return lost
@@ -224,25 +219,6 @@ class JobBroker:
             if raw is not None and WorkerState.model_validate_json(raw).status == WorkerStatus.READY:
                 return True
         return False
-
-    def requeue_abandoned(self, job: Job, retries: int) -> None:
-        """Put a dead worker's job back at the front of its queue, for another worker."""
-        job.meta["retries"] = retries
-        job.save_meta()
-        with self.sync_redis.pipeline() as pipeline:
-            self.queue.started_job_registry.remove_executions(job, pipeline=pipeline)
-            job.set_status(JobStatus.QUEUED, pipeline=pipeline)
-            pipeline.hset(job.key, "worker_name", "")
-            self.queue.push_job_id(job.id, pipeline=pipeline, at_front=True)
-            pipeline.execute()
-
-    def fail_abandoned(self, job: Job, detail: str) -> None:
-        """Move an abandoned job from the started registry to the failed one, as rq's own cleanup would."""
-        with self.sync_redis.pipeline() as pipeline:
-            self.queue.started_job_registry.remove_executions(job, pipeline=pipeline)
-            record_job_failure(job, f"abandoned: {detail}", pipeline)
-            pipeline.execute()
-        self.sync_redis.delete(self.settings.data_key(job.id))
 
     def cancel(self, submission: Submission, finished_indices: set[int]) -> list[str]:
         """Cancel the jobs that did not answer (queued ones leave the queue) and delete their keys."""

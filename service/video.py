@@ -420,9 +420,28 @@ def set_status(connection: Any, prefix: str, job_id: str, status: JobStatus, err
     return bool(changed)
 
 
-def add_progress(connection: Any, prefix: str, job_id: str, frames: int) -> int:
-    """Count processed frames; returns the new frames_done."""
-    return int(connection.hincrby(job_key(prefix, job_id), "frames_done", frames))
+def add_progress(connection: Any, prefix: str, job_id: str, frames: int, chunk: int | None = None) -> int:
+    """Count processed frames (also per chunk, so a retried chunk's count can be taken back); the new frames_done."""
+    key = job_key(prefix, job_id)
+    if chunk is None:
+        return int(connection.hincrby(key, "frames_done", frames))
+    with connection.pipeline(transaction=True) as pipeline:
+        pipeline.hincrby(key, "frames_done", frames)
+        pipeline.hincrby(key, f"chunk_frames:{chunk}", frames)
+        return int(pipeline.execute()[0])
+
+
+_TAKE_BACK_SCRIPT = """
+local counted = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if counted > 0 then redis.call('HINCRBY', KEYS[1], 'frames_done', -counted) end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return counted
+"""
+
+
+def take_back_progress(connection: Any, prefix: str, job_id: str, chunk: int) -> int:
+    """Remove what one chunk counted from frames_done (before the chunk runs again); returns the frames taken."""
+    return int(connection.eval(_TAKE_BACK_SCRIPT, 1, job_key(prefix, job_id), f"chunk_frames:{chunk}"))
 
 
 def current_status(connection: Any, prefix: str, job_id: str) -> JobStatus | None:

@@ -294,7 +294,7 @@ def _detect_chunk(
             for frame, found in zip(batch, detections, strict=True):
                 frames.append({"index": frame.index, "time_s": frame.time_s, "detections": found})
             batcher.observe(len(batch), time.perf_counter() - batch_started)
-            add_progress(context.connection, prefix, job_id, len(batch))
+            add_progress(context.connection, prefix, job_id, len(batch), chunk=index)
             if context.frames_processed is not None:
                 context.frames_processed(len(batch))
             if should_stop(context.connection, prefix, job_id):

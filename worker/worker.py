@@ -58,6 +58,7 @@ from service.contracts import (
 from service.settings import Settings, get_settings
 from worker.batching import collect_batch, drain, pair_outputs
 from worker.metrics import WorkerMetrics
+from worker.reaper import Reaper
 from worker.runtime import ImageTask, InferenceRuntime, Outcome, prefer_passive_cpu_threads
 
 logger = logging.getLogger(__name__)
@@ -156,6 +157,7 @@ class BatchingWorker(SimpleWorker):
         self._decoder: ThreadPoolExecutor | None = None
         self._completer: ThreadPoolExecutor | None = None
         self._last_rq_heartbeat = 0.0
+        self._reaper: Reaper | None = None
 
     # lifecycle
     def work(self, *args: Any, **kwargs: Any) -> bool:
@@ -184,6 +186,8 @@ class BatchingWorker(SimpleWorker):
         finally:
             self.metrics.up.set(0)
             self._publisher.stop()
+            if self._reaper is not None:
+                self._reaper.stop()
             if self._completer is not None:
                 self._completer.shutdown(wait=True)
             if self._decoder is not None:
@@ -211,6 +215,8 @@ class BatchingWorker(SimpleWorker):
         if self.runtime.on_gpu:
             self.metrics.enable_gpu()
         self._install_video_context()
+        self._reaper = Reaper(self.connection, self.settings)
+        self._reaper.start()
         self.metrics.up.set(1)
         assert self._publisher is not None
         self._publisher.update(status=WorkerStatus.READY, model=info, max_batch=self.max_batch)

@@ -3,7 +3,8 @@
 SIGTERM: the worker finishes the batch it is running (its requests get 200), then exits 0.
 SIGKILL: the jobs the dead worker held are retried on the other worker, so the request still gets 200 well
 within its timeout; with no other worker alive they fail at once with a 500 naming the job and the dead
-worker. Either way no job of it stays "started", and the surviving worker keeps answering.
+worker. Either way no job of it stays "started", and the surviving worker keeps answering. A worker killed
+in the middle of a video chunk: the chunk runs again on the other worker and the video finishes whole.
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ from rq.serializers import JSONSerializer
 
 from service.app import create_app
 from tests.service.helpers import WorkerProcess, make_settings, new_prefix, png_bytes
+from tests.video.synthetic import write_test_video
 
 pytestmark = pytest.mark.slow
 logger = logging.getLogger(__name__)
 
 IMAGES = 4
 TIMEOUT_S = 120.0
-HEAVY = {"imgsz": 320}  # a batch of 4 frames at 320 px takes about a second on two CPU cores
+HEAVY = {"imgsz": 320}
+VIDEO_FRAMES = 144
+VIDEO_CHUNK = 48  # a batch of 4 frames at 320 px takes about a second on two CPU cores
 
 
 def frames(count: int = IMAGES) -> list:
@@ -171,3 +175,49 @@ def test_sigkill_of_the_only_worker_fails_the_request_at_once_naming_the_job(
     detail = response.json()["detail"]
     assert any(job.id in detail for job in held) and victim.name in detail and "heartbeats" in detail, detail
     assert started_jobs(redis_client, prefix) == []  # nothing of the dead worker stays "started"
+
+
+def test_sigkill_mid_video_chunk_retries_the_chunk_and_the_video_finishes(
+    redis_client: redis.Redis, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    prefix = new_prefix()
+    env = {"MASENET_STORAGE": str(tmp_path / "storage"), "MASENET_VIDEO_CHUNK_FRAMES": str(VIDEO_CHUNK)}
+    workers = [WorkerProcess(prefix, tiny_checkpoint, tmp_path / f"worker-{i}.log", **env) for i in range(2)]
+    settings = make_settings(prefix, storage=tmp_path / "storage", video_chunk_frames=VIDEO_CHUNK)
+    video = write_test_video(tmp_path / "clip.mp4", frames=VIDEO_FRAMES, width=320, height=256)
+    chunks = Queue(f"{prefix}:video", connection=redis_client, serializer=JSONSerializer).started_job_registry
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.wait_for(redis_client, "ready")
+        with TestClient(create_app(settings)) as client:
+            accepted = client.post(
+                "/jobs", params={"imgsz": 320}, files={"video": ("clip.mp4", video.read_bytes(), "video/mp4")}
+            )
+            assert accepted.status_code == 202, accepted.text
+            job_id = accepted.json()["job_id"]
+            running = wait_until(lambda: chunks.get_job_ids(cleanup=False), 60, "a chunk to start")
+            holder = Job.fetch(running[0], connection=redis_client, serializer=JSONSerializer).worker_name
+            wait_until(lambda: client.get(f"/jobs/{job_id}").json()["progress"]["frames_done"] > 0, 60, "progress")
+            victim = next(worker for worker in workers if worker.name == holder)
+            assert victim.process is not None
+            victim.process.send_signal(signal.SIGKILL)
+            victim.process.wait(timeout=30)
+            killed_at = time.monotonic()
+            final = wait_until(
+                lambda: (body := client.get(f"/jobs/{job_id}").json())["status"] in {"finished", "failed"} and body,
+                240,
+                "the video job to end",
+            )
+            recovered_s = time.monotonic() - killed_at
+            result = client.get(f"/jobs/{job_id}/result")
+    finally:
+        for worker in workers:
+            worker.stop()
+    logger.info("video job ended %s %.1f s after the kill", final["status"], recovered_s)
+    assert final["status"] == "finished", final
+    assert final["progress"] == {"frames_done": VIDEO_FRAMES, "frames_total": VIDEO_FRAMES}  # nothing counted twice
+    assert [frame["index"] for frame in result.json()["frames"]] == list(range(VIDEO_FRAMES))
+    retried = Job.fetch(running[0], connection=redis_client, serializer=JSONSerializer)
+    assert retried.meta.get("retries") == 1 and retried.get_status() == "finished"

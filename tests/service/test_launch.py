@@ -35,3 +35,12 @@ def test_unreachable_redis_and_free_ports() -> None:
     assert 0 < port < 65536
     assert not redis_reachable(f"redis://127.0.0.1:{port}/0", timeout_s=0.2)
     assert not redis_reachable("not a url")
+
+
+def test_every_benchmark_is_a_subcommand() -> None:
+    from service.cli import build_parser
+
+    parser = build_parser()
+    for name in ("model", "service", "video", "load"):
+        args = parser.parse_args(["bench", name])
+        assert args.bench == name and callable(args.func)
