@@ -4,6 +4,7 @@ masenet serve --host 127.0.0.1 --port 8000   the API under uvicorn (one process)
 masenet up [--host --port]                   Redis (MASENET_REDIS_URL, or a private redis-server), one
                                              worker and the API; Ctrl-C stops everything it started
 masenet bench service [...]                  throughput and latency of POST /detect per concurrency
+masenet bench load [...]                     mixed load for a set time, workers killed along the way (load_bench)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ READY_TIMEOUT_S = 300.0
 
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
-    """Add serve, up and `bench service`."""
+    """Add serve, up, `bench service` and `bench load`."""
     serve = subparsers.add_parser("serve", help="run the HTTP API (settings from MASENET_* variables)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
@@ -51,6 +52,11 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     bench.add_argument("--api-key", default=None, help="bearer key for a service with MASENET_API_KEYS")
     bench.add_argument("--skip-bare", action="store_true", help="do not measure the bare model")
     bench.set_defaults(func=run_bench_service)
+
+    from service import load_bench, video_bench
+
+    video_bench.register(subparsers, bench_subparsers)
+    load_bench.register(subparsers, bench_subparsers)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -139,46 +139,94 @@ def describe(clip: Path) -> str:
 # --------------------------------------------------------------------------------------------- stack
 
 
+@dataclass
+class Stack:
+    """A started private stack: its process group, the environment its children get and where their logs go."""
+
+    group: Any  # service.launch.ProcessGroup
+    env: dict[str, str]
+    log_dir: Path
+    api_url: str = ""
+    workers: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start_worker(self, name: str) -> subprocess.Popen:
+        """Start one more `masenet worker` (in the stack's group, logging to <log_dir>/<name>.log)."""
+        from service.launch import masenet_command
+
+        command = masenet_command("worker", "--name", name)
+        process = self.group.start(name, command, self.env, self.log_dir / f"{name}.log")
+        self.workers[name] = process
+        return process
+
+
 @contextlib.contextmanager
-def service_stack(args: argparse.Namespace, work_dir: Path, weights: Path, workers: int) -> Iterator[str]:
-    """Redis (private unless given), `workers` worker processes and one API; everything stopped on exit."""
+def private_stack(
+    work_dir: Path,
+    weights: Path,
+    workers: int,
+    *,
+    imgsz: int,
+    prefix: str,
+    redis_url: str | None = None,
+    device: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    worker_name: str = "bench-worker",
+) -> Iterator[Stack]:
+    """Redis (private unless given), `workers` worker processes and one API; everything stopped on exit.
+
+    With a given Redis, the keys of `prefix` are deleted on exit; the storage folder is always removed.
+    """
     from service.launch import ProcessGroup, child_env, free_port, masenet_command, start_private_redis
 
     group = ProcessGroup()
     storage = Path(tempfile.mkdtemp(prefix="storage-", dir=work_dir))
-    prefix = f"bench-video-{os.getpid()}"
     try:
-        redis_url = args.redis_url or start_private_redis(group)
+        url = redis_url or start_private_redis(group)
         api_port = free_port()
         threads = max(1, (os.cpu_count() or 1) // workers)
         overrides = {
-            "MASENET_REDIS_URL": redis_url,
+            "MASENET_REDIS_URL": url,
             "MASENET_QUEUE_PREFIX": prefix,
             "MASENET_STORAGE": str(storage),
             "MASENET_WEIGHTS": str(weights),
-            "MASENET_IMGSZ": str(args.imgsz),
+            "MASENET_IMGSZ": str(imgsz),
             "MASENET_MAX_VIDEO_SECONDS": "100000",
             "MASENET_WORKER_METRICS_PORT": "0",
             "OMP_NUM_THREADS": str(threads),
         }
-        if args.device:
-            overrides["MASENET_DEVICE"] = args.device
-        if args.chunk_frames:
-            overrides["MASENET_VIDEO_CHUNK_FRAMES"] = str(args.chunk_frames)
-        env = child_env(overrides)
+        if device:
+            overrides["MASENET_DEVICE"] = device
+        overrides.update(extra_env or {})
+        stack = Stack(group=group, env=child_env(overrides), log_dir=work_dir)
         for index in range(workers):
-            name = f"bench-worker-{index}"
-            group.start(name, masenet_command("worker", "--name", name), env, work_dir / f"{name}.log")
+            stack.start_worker(f"{worker_name}-{index}")
         serve = masenet_command("serve", "--host", "127.0.0.1", "--port", str(api_port))
-        group.start("api", serve, env, work_dir / "api.log")
-        api_url = f"http://127.0.0.1:{api_port}"
-        wait_ready(api_url, workers, group.processes)
-        yield api_url
+        group.start("api", serve, stack.env, work_dir / "api.log")
+        stack.api_url = f"http://127.0.0.1:{api_port}"
+        wait_ready(stack.api_url, workers, group.processes)
+        yield stack
     finally:
         group.stop()
-        if args.redis_url:
-            cleanup_prefix(args.redis_url, prefix)
+        if redis_url:
+            cleanup_prefix(redis_url, prefix)
         shutil.rmtree(storage, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def service_stack(args: argparse.Namespace, work_dir: Path, weights: Path, workers: int) -> Iterator[str]:
+    """The stack of one `bench video` run; yields the API URL."""
+    extra_env = {"MASENET_VIDEO_CHUNK_FRAMES": str(args.chunk_frames)} if args.chunk_frames else {}
+    with private_stack(
+        work_dir,
+        weights,
+        workers,
+        imgsz=args.imgsz,
+        prefix=f"bench-video-{os.getpid()}",
+        redis_url=args.redis_url,
+        device=args.device,
+        extra_env=extra_env,
+    ) as stack:
+        yield stack.api_url
 
 
 def wait_ready(api_url: str, workers: int, processes: list[subprocess.Popen]) -> None:
