@@ -43,7 +43,7 @@ class UploadedFile:
 
 @dataclass
 class _PartBuilder:
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, bytes] = field(default_factory=dict)  # raw values: decoded once their syntax is parsed
     chunks: list[bytes] = field(default_factory=list)
     header_field: bytearray = field(default_factory=bytearray)
     header_value: bytearray = field(default_factory=bytearray)
@@ -160,7 +160,7 @@ class MultipartReader:
     def _on_header_end(self) -> None:
         assert self._part is not None
         name = self._part.header_field.decode("latin-1").strip().lower()
-        self._part.headers[name] = self._part.header_value.decode("utf-8", errors="replace").strip()
+        self._part.headers[name] = bytes(self._part.header_value).strip()
         self._part.header_field.clear()
         self._part.header_value.clear()
 
@@ -171,7 +171,9 @@ class MultipartReader:
     def _on_part_end(self) -> None:
         part, self._part = self._part, None
         assert part is not None
+        # Parsed as bytes: browsers and curl send a non-ASCII file name as raw UTF-8, which a str would not survive.
         disposition, options = parse_options_header(part.headers.get("content-disposition"))
+        content_type = part.headers.get("content-type")
         if disposition != b"form-data" or b"name" not in options:
             raise InvalidParameters("every multipart part needs Content-Disposition: form-data with a name")
         filename = options.get(b"filename")
@@ -179,7 +181,7 @@ class MultipartReader:
             UploadedFile(
                 field_name=options[b"name"].decode("utf-8", errors="replace"),
                 filename=filename.decode("utf-8", errors="replace") if filename is not None else None,
-                content_type=part.headers.get("content-type"),
+                content_type=content_type.decode("utf-8", errors="replace") if content_type is not None else None,
                 data=b"".join(part.chunks),
             )
         )

@@ -27,6 +27,8 @@ from service.uploads import (
 
 router = APIRouter(tags=["detection"])
 ROUTE = "/detect"
+# What the parts are expected to hold; the service sniffs the bytes and ignores the part's own Content-Type.
+IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/tiff", "image/bmp")
 
 MULTIPART_BODY = {
     "requestBody": {
@@ -36,14 +38,17 @@ MULTIPART_BODY = {
                 "schema": {
                     "type": "object",
                     "required": [IMAGE_FIELD],
+                    "additionalProperties": False,  # any other part is refused with 422
                     "properties": {
                         IMAGE_FIELD: {
                             "type": "array",
+                            "minItems": 1,
                             "items": {"type": "string", "format": "binary"},
                             "description": "one or more PNG, JPEG, TIFF or BMP frames (8 or 16 bit)",
                         }
                     },
-                }
+                },
+                "encoding": {IMAGE_FIELD: {"contentType": ", ".join(IMAGE_MEDIA_TYPES)}},
             }
         },
     }

@@ -73,6 +73,7 @@ VIDEO_BODY = {
                 "schema": {
                     "type": "object",
                     "required": [VIDEO_FIELD],
+                    "additionalProperties": False,  # any other part is refused with 422
                     "properties": {
                         VIDEO_FIELD: {
                             "type": "string",
@@ -80,7 +81,8 @@ VIDEO_BODY = {
                             "description": "the recording: MP4/H.264, MKV, AVI or anything FFmpeg decodes",
                         }
                     },
-                }
+                },
+                "encoding": {VIDEO_FIELD: {"contentType": "video/*, application/octet-stream"}},
             }
         },
     }
@@ -160,7 +162,7 @@ class VideoUploadReader:
         self.body_bytes = 0
         self.finished = False
         self.received: ReceivedVideo | None = None
-        self._headers: dict[str, str] = {}
+        self._headers: dict[str, bytes] = {}  # raw values: a UTF-8 file name must reach the parser as bytes
         self._field, self._value = bytearray(), bytearray()
         self._writer: UploadWriter | None = None
         self._parser = MultipartParser(
@@ -203,7 +205,7 @@ class VideoUploadReader:
         self._headers = {}
 
     def _on_header_end(self) -> None:
-        self._headers[self._field.decode("latin-1").strip().lower()] = self._value.decode("utf-8", "replace").strip()
+        self._headers[self._field.decode("latin-1").strip().lower()] = bytes(self._value).strip()
         self._field.clear()
         self._value.clear()
 
@@ -249,7 +251,13 @@ def multipart_boundary(request: Request) -> bytes:
 
 def check_declared_length(request: Request, max_bytes: int) -> None:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD_BYTES:
+    if declared is None:
+        return
+    try:
+        size = int(declared)  # not str.isdigit(): it accepts '²', which int() refuses
+    except ValueError as exc:
+        raise InvalidParameters(f"invalid Content-Length header {declared!r}") from exc
+    if size > max_bytes + MULTIPART_OVERHEAD_BYTES:
         raise UploadTooLarge(
             f"the upload is {declared} bytes, above the limit of {max_bytes} bytes (MASENET_MAX_VIDEO_BYTES): "
             "send a shorter or smaller video"

@@ -35,6 +35,39 @@ def declared_size_png(width: int, height: int) -> bytes:
     return PNG_SIGNATURE + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", rows) + png_chunk(b"IEND", b"")
 
 
+def png_parts(data: bytes) -> tuple[bytes, bytes]:
+    """(IHDR payload, concatenated IDAT payloads) of a PNG."""
+    position, header, idat = len(PNG_SIGNATURE), b"", b""
+    while position + 8 <= len(data):
+        length, tag = struct.unpack(">I4s", data[position : position + 8])
+        payload = data[position + 8 : position + 8 + length]
+        header = payload if tag == b"IHDR" else header
+        idat += payload if tag == b"IDAT" else b""
+        position += 12 + length
+    return header, idat
+
+
+def png_cut_mid_idat(png: bytes) -> bytes:
+    """The PNG with its compressed pixel data cut in half, in a well-formed IDAT chunk (valid CRC, then IEND)."""
+    header, idat = png_parts(png)
+    return (
+        PNG_SIGNATURE
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", idat[: len(idat) // 2])
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def png_rows_missing(width: int = 96, height: int = 64) -> bytes:
+    """A grey PNG whose zlib stream ends cleanly after the first half of its rows (Pillow zero-fills the rest)."""
+    frame = np.asarray(noise_frame(width, height))
+    rows = b"".join(b"\x00" + row.tobytes() for row in frame[: height // 2])
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        PNG_SIGNATURE + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b"")
+    )
+
+
 def float_tiff(width: int = 96, height: int = 64) -> bytes:
     """A 32-bit float TIFF (mode F), values well outside 0..255."""
     rng = np.random.default_rng(1)

@@ -27,6 +27,8 @@ from tests.reliability.media import (
     good_jpeg,
     good_png,
     noise_frame,
+    png_cut_mid_idat,
+    png_rows_missing,
 )
 from tests.service.helpers import WorkerProcess, make_settings, new_prefix
 
@@ -50,6 +52,10 @@ def hostile_cases() -> list[HostileCase]:
         HostileCase("zero-bytes", b"", 422, ("empty",)),
         HostileCase("text", b"this is not an image, just words\n" * 20, 415, ("not a readable image",), "text/plain"),
         HostileCase("truncated-png", png[: len(png) // 2], 422, ("could not be read", "truncated")),
+        HostileCase("png-cut-mid-idat", png_cut_mid_idat(png), 422, ("could not be read", "truncated")),
+        HostileCase(
+            "png-rows-missing", png_rows_missing(), 422, ("could not be read", "truncated", "rows are missing")
+        ),
         HostileCase("truncated-jpeg", jpeg[: len(jpeg) // 2], 422, ("could not be read", "truncated"), "image/jpeg"),
         HostileCase("bomb-above-cap", declared_size_png(4000, 4000), 413, ("MASENET_MAX_PIXELS",)),
         HostileCase("bomb-huge", declared_size_png(60_000, 60_000), 413, ("too large to decode safely",)),
@@ -133,3 +139,13 @@ def test_one_hostile_image_among_good_ones_fails_the_request_but_not_the_worker(
     again = client.post("/detect", files=[files[0], files[2]])
     assert again.status_code == 200
     assert [result["filename"] for result in again.json()["results"]] == ["a.png", "c.png"]
+
+
+def test_file_name_in_utf8_is_accepted_and_returned(served) -> None:
+    # Browsers and curl send a non-ASCII file name as raw UTF-8 bytes in the part header. Such a name was once
+    # refused with 422 ("malformed multipart body: 'latin-1' codec can't encode ...").
+    client, _ = served
+    name = "кадр 01 ✓.png"
+    response = post_image(client, name, good_png(), "image/png")
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["filename"] == name
