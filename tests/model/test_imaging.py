@@ -21,6 +21,7 @@ from model.imaging import (
     inflated_size,
     png_scanline_bytes,
 )
+from tests.reliability.media import png_parts
 
 
 def chunk(tag: bytes, data: bytes) -> bytes:
@@ -54,18 +55,6 @@ def pillow_png(width: int = 96, height: int = 64) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, size=(height, width), dtype=np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def split_png(data: bytes) -> tuple[bytes, bytes]:
-    """(IHDR payload, concatenated IDAT payloads) of a PNG."""
-    position, header, idat = len(PNG_SIGNATURE), b"", b""
-    while position + 8 <= len(data):
-        length, tag = struct.unpack(">I4s", data[position : position + 8])
-        payload = data[position + 8 : position + 8 + length]
-        header = payload if tag == b"IHDR" else header
-        idat += payload if tag == b"IDAT" else b""
-        position += 12 + length
-    return header, idat
 
 
 LAYOUTS = [
@@ -115,7 +104,7 @@ def test_png_whose_pixel_data_ends_before_the_last_row_is_a_named_error(interlac
 
 
 def test_png_cut_in_the_middle_of_its_idat_data_is_a_named_error() -> None:
-    header, idat = split_png(pillow_png())
+    header, idat = png_parts(pillow_png())
     for fraction in (0.1, 0.5, 0.99):
         cut = PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", idat[: int(len(idat) * fraction)])
         with pytest.raises(ImageDecodeError, match="truncated"):
@@ -123,7 +112,7 @@ def test_png_cut_in_the_middle_of_its_idat_data_is_a_named_error() -> None:
 
 
 def test_png_without_pixel_data_is_a_named_error() -> None:
-    header, _ = split_png(pillow_png())
+    header, _ = png_parts(pillow_png())
     with pytest.raises(ImageDecodeError):
         decode_image(PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IEND", b""))
 
