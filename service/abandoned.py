@@ -13,6 +13,7 @@ Used by the API (image jobs of a waiting request, service/queueing.py) and by ev
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import redis
 from rq.job import Job, JobStatus
@@ -22,11 +23,14 @@ from rq.queue import Queue
 logger = logging.getLogger(__name__)
 
 
-def holder_gone(connection: redis.Redis, job: Job, worker_key: str) -> bool:
-    """True when `job` is held (queued-and-claimed or started) by a worker whose record `worker_key` expired."""
+def holder_gone(connection: redis.Redis, job: Job, worker_key: Callable[[str], str]) -> bool:
+    """True when `job` is held (claimed while queued, or started) by a worker whose record has expired.
+
+    `worker_key` maps a worker name to its record's key (`Settings.worker_key`).
+    """
     if job.get_status(refresh=False) not in (JobStatus.STARTED, JobStatus.QUEUED) or not job.worker_name:
         return False
-    return not connection.exists(worker_key)
+    return not connection.exists(worker_key(job.worker_name))
 
 
 def retries_of(job: Job) -> int:

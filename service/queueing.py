@@ -158,7 +158,7 @@ class JobBroker:
         """Collect one reply per job until all arrived, the deadline passed, or a job was abandoned.
 
         BLPOP in slices of ABANDON_CHECK_S; after a slice without a reply, the unanswered jobs are checked
-        for a dead worker (see `abandoned`), whose jobs come back as failure replies.
+        for a dead worker (see `abandoned`): its jobs are retried, or come back as failure replies.
         """
         replies: dict[int, ReplyMessage] = {}
         expected = len(submission.job_ids)
@@ -193,7 +193,7 @@ class JobBroker:
                 job = Job.fetch(job_id, connection=self.sync_redis, serializer=JSONSerializer)
             except NoSuchJobError:
                 continue
-            if not job.worker_name or not holder_gone(self.sync_redis, job, self.settings.worker_key(job.worker_name)):
+            if not holder_gone(self.sync_redis, job, self.settings.worker_key):
                 continue
             retries = retries_of(job)
             time_left = submission.deadline - time.time() > ABANDON_CHECK_S

@@ -68,7 +68,7 @@ class Reaper:
                 job = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
             except NoSuchJobError:
                 continue
-            if job.worker_name and holder_gone(self.connection, job, self.settings.worker_key(job.worker_name)):
+            if holder_gone(self.connection, job, self.settings.worker_key):
                 abandoned.append(job)
         found = {job.id for job in abandoned}
         confirmed = [job for job in abandoned if job.id in self.suspects]
