@@ -184,6 +184,61 @@ def paint_segment(
     canvas[rows, cols] += value * np.clip(thickness / 2.0 - distance + 0.5, 0.0, 1.0)
 
 
+SPECK_STAMPS: dict[str, np.ndarray] = {
+    "dot": np.array([[1.0]], dtype=np.float32),
+    "pair": np.array([[1.0, 0.7]], dtype=np.float32),
+    "plus": np.array([[0.0, 0.45, 0.0], [0.45, 1.0, 0.45], [0.0, 0.45, 0.0]], dtype=np.float32),
+    "spot": np.outer([0.3, 1.0, 0.3], [0.3, 1.0, 0.3]).astype(np.float32),
+    "square": np.ones((2, 2), dtype=np.float32),
+}
+
+
+def add_specks(canvas: np.ndarray, rows: np.ndarray, cols: np.ndarray, levels: np.ndarray, stamp: np.ndarray) -> None:
+    """Add `stamp` (top-left anchored) scaled by `levels` at the given pixels, in place, clipped to the canvas."""
+    height, width = canvas.shape
+    for (dy, dx), weight in np.ndenumerate(stamp):
+        if weight == 0:
+            continue
+        y, x = rows + dy, cols + dx
+        inside = (y < height) & (x < width)
+        np.add.at(canvas, (y[inside], x[inside]), levels[inside] * weight)
+
+
+def speck_crowd(rng: np.random.Generator, score: np.ndarray, fraction: float, level: float) -> np.ndarray:
+    """Specks at a random subset of the pixels where `score` is in its top `fraction`: glints, flecks, lights.
+
+    A crowd of look-alikes is never a target: the model has to learn that a blip among many similar blips
+    is clutter. Stamps and strengths vary per crowd and per speck.
+    """
+    canvas = np.zeros(score.shape, dtype=np.float32)
+    threshold = np.quantile(score[::2, ::2], 1.0 - fraction)
+    rows, cols = np.nonzero(score > threshold)
+    keep = rng.random(len(rows)) < rng.uniform(0.2, 0.8)
+    rows, cols = rows[keep], cols[keep]
+    stamp = SPECK_STAMPS[str(rng.choice(list(SPECK_STAMPS)))]
+    levels = (level * rng.lognormal(0.0, 0.4, len(rows))).astype(np.float32)
+    add_specks(canvas, rows, cols, levels, stamp)
+    return canvas
+
+
+def lattice(
+    rng: np.random.Generator, canvas: np.ndarray, box: tuple[float, float, float, float], angle: float, value: float
+) -> None:
+    """Add a regular grid of small warm dots (windows, panels, lamps) inside a rotated box (cx, cy, hx, hy)."""
+    cx, cy, half_x, half_y = box
+    rows, cols, xs, ys = _window(canvas, cx, cy, max(half_x, half_y) + 1.0)
+    if rows.start >= rows.stop or cols.start >= cols.stop:
+        return
+    along = xs * np.cos(angle) + ys * np.sin(angle) + half_x
+    across = ys * np.cos(angle) - xs * np.sin(angle) + half_y
+    period_x, period_y = rng.uniform(2.5, 9.0), rng.uniform(2.5, 9.0)
+    dot = rng.uniform(0.8, min(period_x, period_y, 3.0) - 0.5 if min(period_x, period_y) > 1.8 else 1.0)
+    inside = (along >= 0) & (along < 2 * half_x) & (across >= 0) & (across < 2 * half_y)
+    lit = (np.mod(along, period_x) < dot) & (np.mod(across, period_y) < dot) & inside
+    lit &= rng.random(lit.shape) < rng.uniform(0.6, 1.0)
+    canvas[rows, cols] += value * lit.astype(np.float32)
+
+
 def blurred_shapes(
     rng: np.random.Generator, height: int, width: int, count: int, size_range: tuple[float, float], blur: float
 ) -> np.ndarray:
@@ -243,6 +298,9 @@ def sea(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
         peak = float(glint.max())
         if peak > 0:
             scene = scene + np.sqrt(glint / peak) * rng.uniform(2.0, 12.0)
+    if rng.random() < 0.5:
+        crests = waves * (0.5 + rng.random()) + rng.normal(0, 0.3, waves.shape).astype(np.float32)
+        scene = scene + speck_crowd(rng, crests, rng.uniform(0.0005, 0.01), rng.uniform(1.0, 8.0))
     return scene
 
 
@@ -272,10 +330,15 @@ def ground(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
             cx, cy = rng.uniform(0, width), rng.uniform(0, height)
             level = rng.uniform(0.3, 3.0) * (1.0 if rng.random() < 0.8 else -0.5)
             paint_shape(scene, cx, cy, half_x, half_y, grid_angle, level, kind="rect", replace=False)
+            if rng.random() < 0.3:
+                lattice(rng, scene, (cx, cy, half_x, half_y), grid_angle, rng.uniform(0.3, 2.0))
             if rng.random() < 0.4:
                 rim = rng.uniform(0.3, 1.5)
                 paint_shape(scene, cx, cy, half_x + 1, half_y + 1, grid_angle, rim, kind="rect")
                 paint_shape(scene, cx, cy, half_x, half_y, grid_angle, -rim, kind="rect")
+    if rng.random() < 0.25:
+        flecks = value_noise(rng, height, width, rng.uniform(20, 80), octaves=2) + rng.random((height, width))
+        scene = scene + speck_crowd(rng, flecks.astype(np.float32), rng.uniform(0.001, 0.01), rng.uniform(0.5, 3.0))
     return scene
 
 
@@ -428,18 +491,26 @@ def render_background(rng: np.random.Generator, family: str, height: int, width:
 
 
 # ---------------------------------------------------------------------------------------- clutter objects
-CLUTTER_KINDS = ("warm_blob", "edge", "corner", "building")
+CLUTTER_KINDS = ("warm_blob", "edge", "corner", "building", "lights", "lit_facade")
+HOLDOUT_CLUTTER_KINDS = CLUTTER_KINDS[:4]
 
 
-def add_clutter(rng: np.random.Generator, counts: np.ndarray, reference: float, expected: float) -> list[str]:
-    """Add distractors that must never be labelled: large warm blobs, bright edges, corners, small buildings.
+def add_clutter(
+    rng: np.random.Generator,
+    counts: np.ndarray,
+    reference: float,
+    expected: float,
+    kinds_allowed: tuple[str, ...] = CLUTTER_KINDS,
+) -> list[str]:
+    """Add distractors that must never be labelled: large warm blobs, bright edges, corners, small buildings,
+    rows of lights and lit facades (grids of warm windows).
 
     `reference` is the contrast scale in counts; the number of objects is Poisson(expected). Returns their kinds.
     """
     height, width = counts.shape
     kinds: list[str] = []
     for _ in range(int(rng.poisson(expected))):
-        kind = str(rng.choice(CLUTTER_KINDS))
+        kind = str(rng.choice(kinds_allowed))
         cx, cy = rng.uniform(0, width), rng.uniform(0, height)
         level = reference * rng.uniform(0.5, 4.0) * (1.0 if rng.random() < 0.85 else -1.0)
         angle = rng.uniform(0, np.pi)
@@ -458,6 +529,18 @@ def add_clutter(rng: np.random.Generator, counts: np.ndarray, reference: float, 
             perpendicular = angle + np.pi / 2
             end = (cx + arm_b * np.cos(perpendicular), cy + arm_b * np.sin(perpendicular))
             paint_segment(counts, (cx, cy), end, thickness, level)
+        elif kind == "lights":
+            count, spacing = int(rng.integers(4, 16)), rng.uniform(3.0, 12.0)
+            steps = np.arange(count, dtype=np.float32) * spacing
+            rows = np.rint(cy + steps * np.sin(angle)).astype(np.intp)
+            cols = np.rint(cx + steps * np.cos(angle)).astype(np.intp)
+            inside = (rows >= 0) & (cols >= 0)
+            levels = np.full(int(inside.sum()), abs(level), dtype=np.float32)
+            stamp = SPECK_STAMPS[str(rng.choice(["dot", "plus", "spot"]))]
+            add_specks(counts, rows[inside], cols[inside], levels, stamp)
+        elif kind == "lit_facade":
+            half_x, half_y = rng.uniform(8, 30), rng.uniform(8, 30)
+            lattice(rng, counts, (cx, cy, half_x, half_y), angle if rng.random() < 0.3 else 0.0, abs(level))
         else:
             paint_shape(counts, cx, cy, rng.uniform(6, 18), rng.uniform(6, 18), angle, level, kind="rect")
         kinds.append(kind)

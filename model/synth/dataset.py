@@ -26,7 +26,14 @@ import yaml
 from PIL import Image, ImageDraw
 
 from model.imaging import tone_map
-from model.synth.backgrounds import FAMILIES, HOLDOUT_FAMILIES, add_clutter, render_background
+from model.synth.backgrounds import (
+    CLUTTER_KINDS,
+    FAMILIES,
+    HOLDOUT_CLUTTER_KINDS,
+    HOLDOUT_FAMILIES,
+    add_clutter,
+    render_background,
+)
 from model.synth.sensor import add_noise, digitise, draw_temporal, expose, sample_sensor, to_counts
 from model.synth.targets import (
     DEFAULT_KINDS,
@@ -147,6 +154,10 @@ def _choose(rng: np.random.Generator, weights: tuple[tuple[str, float], ...]) ->
     return weights[int(rng.choice(len(weights), p=values / values.sum()))][0]
 
 
+def _clutter(config: SynthConfig) -> tuple[str, ...]:
+    return HOLDOUT_CLUTTER_KINDS if config.recipe == "holdout" else CLUTTER_KINDS
+
+
 def _target_count(rng: np.random.Generator, config: SynthConfig) -> int:
     if config.max_targets == 0 or (config.min_targets == 0 and rng.random() < config.empty_fraction):
         return 0
@@ -167,7 +178,7 @@ def generate_frame(rng: np.random.Generator, config: SynthConfig) -> SynthFrame:
     sensor = sample_sensor(rng, height, width, config)
     counts = to_counts(sensor, scene)
     reference = max(sensor.contrast * float(scene.std()), 6.0 * sensor.reference_noise)
-    clutter = add_clutter(rng, counts, reference, config.clutter_rate * width * height / (320 * 256))
+    clutter = add_clutter(rng, counts, reference, config.clutter_rate * width * height / (320 * 256), _clutter(config))
     signal = expose(sensor, counts)
     temporal = draw_temporal(rng, sensor, height, width)
     target_free = add_noise(sensor, signal, temporal)
@@ -348,7 +359,7 @@ def write_video(
     sensor = sample_sensor(rng, height, width, config)
     counts = to_counts(sensor, scene)
     reference = max(sensor.contrast * float(scene.std()), 6.0 * sensor.reference_noise)
-    add_clutter(rng, counts, reference, config.clutter_rate * counts.size / (320 * 256))
+    add_clutter(rng, counts, reference, config.clutter_rate * counts.size / (320 * 256), _clutter(config))
     origin = np.array([0.5 if pan[0] >= 0 else margin_x - 1.5, 0.5 if pan[1] >= 0 else margin_y - 1.5])
 
     initial = int(rng.integers(min(max(config.min_targets, 1), config.max_targets), config.max_targets + 1))
