@@ -272,7 +272,12 @@ class BatchingWorker(SimpleWorker):
             self._image_session(task, idle_s=SESSION_IDLE_S)
 
     def serve_waiting_images(self) -> None:
-        """Serve the image jobs waiting now (called between video batches): interactive work goes first."""
+        """Serve the image jobs waiting now (called between video batches): interactive work goes first.
+
+        Once it has served one, it lingers `interactive_linger_ms` for the next before video resumes: a client
+        that sends frame after frame would otherwise find a video batch started in the instant between its
+        reply and its next request, and wait for all of it every time.
+        """
         if self.runtime.detector is None:
             return
         image_queue = Queue(self.settings.image_queue, connection=self.connection, serializer=JSONSerializer)
@@ -281,7 +286,7 @@ class BatchingWorker(SimpleWorker):
             return
         task = self._fetch_task(job_id.decode() if isinstance(job_id, bytes) else str(job_id), image_queue)
         if task is not None:
-            self._image_session(task, idle_s=0.0)
+            self._image_session(task, idle_s=self.settings.interactive_linger_ms / 1000.0)
 
     # image session
     def _image_session(self, first: ImageTask, idle_s: float) -> None:
