@@ -3,8 +3,10 @@
 For each concurrency, N requests (one frame each) go through an asyncio httpx client; the table shows
 throughput, latency percentiles and the mean batch size the worker formed (from its `masenet_batch_size`
 histogram, read before and after). The bare model's throughput is `Detector.detect` on the same frames at
-MAX_BATCH, in this process, measured before the service starts and after it stops (so the two never
-share the CPU); the table compares with the mean of both runs.
+MAX_BATCH, in this process, measured while the service is up but idle: before the first level, between
+levels and after the last, so the two never share the CPU. Each level is compared with the mean of the bare
+runs just before and just after it, which keeps a machine whose speed drifts over minutes (shared or
+thermally limited cores) from skewing the ratio.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +33,7 @@ class LevelResult:
     seconds: float
     latencies_ms: list[float]
     mean_batch: float | None
+    bare: float | None = None  # bare model img/s around this level (mean of the runs before and after it)
 
     @property
     def throughput(self) -> float:
@@ -69,23 +73,27 @@ def match_worker_cpu_policy() -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def bare_model_throughput(
-    frames: list[np.ndarray], weights: str | None, device: str, batch: int, imgsz: int, seconds: float = 5.0
-) -> float:
-    """Images per second of Detector.detect on `batch` frames at a time (after a warm-up)."""
-    match_worker_cpu_policy()
-    from model.detector import Detector
+class BareModel:
+    """`Detector.detect` on `batch` frames at a time, in this process: the reference the service is held to."""
 
-    detector = Detector(checkpoint=weights, device=device, imgsz=imgsz)
-    chunk = [frames[index % len(frames)] for index in range(batch)]
-    for _ in range(2):
-        detector.detect(chunk, imgsz=imgsz)
-    images = 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds or images < 3 * batch:
-        detector.detect(chunk, imgsz=imgsz)
-        images += batch
-    return images / (time.perf_counter() - start)
+    def __init__(self, frames: list[np.ndarray], weights: str | None, device: str, batch: int, imgsz: int) -> None:
+        match_worker_cpu_policy()
+        from model.detector import Detector
+
+        self.detector = Detector(checkpoint=weights, device=device, imgsz=imgsz)
+        self.chunk = [frames[index % len(frames)] for index in range(batch)]
+        self.imgsz = imgsz
+        for _ in range(2):
+            self.detector.detect(self.chunk, imgsz=imgsz)
+
+    def throughput(self, seconds: float = 5.0) -> float:
+        """Images per second over about `seconds` (at least three batches)."""
+        images = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds or images < 3 * len(self.chunk):
+            self.detector.detect(self.chunk, imgsz=self.imgsz)
+            images += len(self.chunk)
+        return images / (time.perf_counter() - start)
 
 
 def read_batch_histogram(metrics_url: str | None) -> tuple[float, float] | None:
@@ -148,8 +156,11 @@ def run_levels(
     imgsz: int,
     metrics_url: str | None,
     headers: dict[str, str],
-) -> list[LevelResult]:
+    bare: Callable[[], float] | None = None,
+) -> tuple[list[LevelResult], list[float]]:
+    """Every level in turn, with a bare-model run (`bare`) before the first and after each; (results, bare runs)."""
     asyncio.run(drive(url, payloads, 2, max(4, len(payloads) // 2), imgsz, headers))  # warm-up
+    bare_runs = [bare()] if bare else []
     results = []
     for concurrency in levels:
         before = read_batch_histogram(metrics_url)
@@ -158,24 +169,32 @@ def run_levels(
         mean_batch = None
         if before is not None and after is not None and after[1] > before[1]:
             mean_batch = (after[0] - before[0]) / (after[1] - before[1])
-        results.append(LevelResult(concurrency, requests, errors, seconds, latencies, mean_batch))
-    return results
+        result = LevelResult(concurrency, requests, errors, seconds, latencies, mean_batch)
+        if bare:
+            bare_runs.append(bare())
+            result.bare = (bare_runs[-2] + bare_runs[-1]) / 2.0
+        results.append(result)
+    return results, bare_runs
 
 
-def format_table(results: list[LevelResult], bare_throughput: float | None, max_batch: int) -> str:
+def format_table(results: list[LevelResult], max_batch: int) -> str:
     header = (
         f"{'concurrency':>11} {'requests':>8} {'errors':>6} {'img/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-        f"{'mean batch':>10} {'vs bare':>8}"
+        f"{'mean batch':>10} {'bare img/s':>10} {'vs bare':>8}"
     )
     lines = [header, "-" * len(header)]
     for result in results:
-        ratio = f"{result.throughput / bare_throughput:.2f}x" if bare_throughput else "-"
+        ratio = f"{result.throughput / result.bare:.2f}x" if result.bare else "-"
+        bare = f"{result.bare:.1f}" if result.bare else "-"
         batch = f"{result.mean_batch:.2f}" if result.mean_batch is not None else "-"
         lines.append(
             f"{result.concurrency:>11} {result.requests:>8} {result.errors:>6} {result.throughput:>8.1f} "
             f"{result.percentile(50):>8.1f} {result.percentile(95):>8.1f} {result.percentile(99):>8.1f} "
-            f"{batch:>10} {ratio:>8}"
+            f"{batch:>10} {bare:>10} {ratio:>8}"
         )
-    if bare_throughput:
-        lines.append(f"bare model (Detector.detect, batch {max_batch}, in-process): {bare_throughput:.1f} img/s (mean)")
+    if any(result.bare for result in results):
+        lines.append(
+            f"bare img/s: Detector.detect, batch {max_batch}, in this process, mean of the runs just before and "
+            "after the level (service idle)"
+        )
     return "\n".join(lines)

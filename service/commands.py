@@ -157,10 +157,10 @@ def run_bench_service(args: argparse.Namespace) -> int:
 
         on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
         max_batch = DEFAULT_MAX_BATCH_GPU if on_gpu else DEFAULT_MAX_BATCH_CPU
-    bare_runs: list[float] = []
-    if not args.skip_bare:  # measured before and after the service, never beside it; the table uses the mean
+    bare = None
+    if not args.skip_bare:  # measured while the service is idle, around every level (see service/bench.py)
         print(f"bare model: Detector.detect on {width}x{height} frames, batch {max_batch}, imgsz {args.imgsz} ...")
-        bare_runs.append(bench.bare_model_throughput(frames, weights, device, max_batch, args.imgsz))
+        bare = bench.BareModel(frames, weights, device, max_batch, args.imgsz).throughput
 
     group = ProcessGroup()
     try:
@@ -184,17 +184,17 @@ def run_bench_service(args: argparse.Namespace) -> int:
             metrics_url = metrics_url or f"http://127.0.0.1:{metrics_port}/metrics"
             print(f"started Redis, a worker (max batch {max_batch}) and the API at {url}")
             wait_until_ready(url, READY_TIMEOUT_S, group)
-        results = bench.run_levels(url, payloads, levels, args.requests, args.imgsz, metrics_url, headers)
+        results, bare_runs = bench.run_levels(
+            url, payloads, levels, args.requests, args.imgsz, metrics_url, headers, bare=bare
+        )
     finally:
         group.stop()
-    if bare_runs:
-        bare_runs.append(bench.bare_model_throughput(frames, weights, device, max_batch, args.imgsz))
-    bare = sum(bare_runs) / len(bare_runs) if bare_runs else None
     print(
         f"\nPOST /detect, one {width}x{height} PNG per request, imgsz {args.imgsz}, {args.requests} requests per level"
     )
-    print(bench.format_table(results, bare, max_batch))
+    print(bench.format_table(results, max_batch))
     print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} for the worker and the bare model")
     if bare_runs:
-        print("bare model runs (before, after the service): " + ", ".join(f"{run:.1f}" for run in bare_runs) + " img/s")
+        runs = ", ".join(f"{run:.1f}" for run in bare_runs)
+        print(f"bare model runs (before the first level, then after each): {runs} img/s")
     return 0
