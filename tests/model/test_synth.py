@@ -16,7 +16,15 @@ from PIL import Image
 from model.imaging import tone_map
 from model.synth import SynthConfig, frame_rng, generate_frame, holdout_config, write_dataset, write_video
 from model.synth import cli as synth_cli
-from model.synth.backgrounds import FAMILIES, HOLDOUT_FAMILIES, render_background
+from model.synth.backgrounds import (
+    CLUTTER_KINDS,
+    FAMILIES,
+    HOLDOUT_CLUTTER_KINDS,
+    HOLDOUT_FAMILIES,
+    lattice,
+    render_background,
+    speck_crowd,
+)
 from model.synth.targets import DEFAULT_KINDS, HOLDOUT_KINDS, MIN_BOX_SIDE, insert_target, ring_std, sample_spec
 
 SMALL = SynthConfig(width=96, height=80)
@@ -165,6 +173,33 @@ def test_distractor_frames_label_only_targets(tmp_path: Path) -> None:
     write_dataset(tmp_path / "e", train=2, val=0, config=empty, seed=9, jobs=1)
     for label in (tmp_path / "e" / "labels" / "train").glob("*.txt"):
         assert label.read_text() == ""
+
+
+def test_speck_crowds_fall_where_the_score_is_highest() -> None:
+    rng = np.random.default_rng(0)
+    score = np.zeros((64, 64), dtype=np.float32)
+    score[40:, :] = rng.random((24, 64))  # only the lower part can hold specks
+    specks = speck_crowd(rng, score, fraction=0.2, level=3.0)
+    assert not specks[:38].any(), "no speck above the high-score region (stamps reach at most 2 px down)"
+    assert np.count_nonzero(specks) >= 20 and specks.max() > 1.0
+
+
+def test_lattice_is_a_regular_grid_inside_its_box() -> None:
+    canvas = np.zeros((80, 80), dtype=np.float32)
+    lattice(np.random.default_rng(1), canvas, (40.0, 40.0, 20.0, 12.0), 0.0, 2.0)
+    rows, cols = np.nonzero(canvas)
+    assert len(rows) >= 8
+    assert rows.min() >= 27 and rows.max() <= 52 and cols.min() >= 19 and cols.max() <= 60
+    assert set(np.unique(canvas)) == {0.0, 2.0}
+
+
+def test_holdout_clutter_kinds_stay_the_original_four() -> None:
+    assert HOLDOUT_CLUTTER_KINDS == ("warm_blob", "edge", "corner", "building")
+    assert set(HOLDOUT_CLUTTER_KINDS) < set(CLUTTER_KINDS)
+    seen = set()
+    for index in range(12):
+        seen.update(generate_frame(frame_rng(4, "val", index, "holdout"), holdout_config(160, 128)).clutter)
+    assert seen <= set(HOLDOUT_CLUTTER_KINDS)
 
 
 def test_video_decodes_with_labels_and_tracks(tmp_path: Path) -> None:
