@@ -103,7 +103,7 @@ def sample_sensor(rng: np.random.Generator, height: int, width: int, config: Syn
     if holdout and dead:
         dead_index = np.concatenate([dead_index, np.minimum(dead_index + 1, pixels - 1), dead_index + width])
         dead_index = dead_index[dead_index < pixels]
-    if not holdout and rng.random() < 0.3:  # clustered defects: pairs and small blocks of bad pixels
+    if not holdout and rng.random() < 0.3:  # clustered defects: bad pixels in adjacent pairs
         steps = np.array([1, width, width + 1, width - 1])
         hot_index = np.concatenate([hot_index, hot_index + rng.choice(steps, hot)])
         dead_index = np.concatenate([dead_index, dead_index + rng.choice(steps, len(dead_index))])
