@@ -66,6 +66,18 @@ def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
     return float(np.exp(rng.uniform(np.log(low), np.log(high))))
 
 
+def _grow_clusters(rng: np.random.Generator, index: np.ndarray, width: int) -> np.ndarray:
+    """Grow each defect pixel into a connected cluster of 2 to 4 pixels by a short random walk on the grid."""
+    steps = np.array([1, -1, width, -width, width + 1, width - 1])
+    grown, tip, alive = [index], index, np.ones(len(index), dtype=bool)
+    for _ in range(3):
+        tip = tip + rng.choice(steps, len(tip))
+        grown.append(tip[alive])
+        alive &= rng.random(len(tip)) < 0.5
+    merged = np.concatenate(grown)
+    return merged[merged >= 0]
+
+
 def sample_sensor(rng: np.random.Generator, height: int, width: int, config: SynthConfig) -> Sensor:
     """Draw gain, offset, noise levels, fixed patterns and defects for one frame (or one video)."""
     holdout = config.recipe == "holdout"
@@ -103,10 +115,8 @@ def sample_sensor(rng: np.random.Generator, height: int, width: int, config: Syn
     if holdout and dead:
         dead_index = np.concatenate([dead_index, np.minimum(dead_index + 1, pixels - 1), dead_index + width])
         dead_index = dead_index[dead_index < pixels]
-    if not holdout and rng.random() < 0.3:  # clustered defects: bad pixels in adjacent pairs
-        steps = np.array([1, width, width + 1, width - 1])
-        hot_index = np.concatenate([hot_index, hot_index + rng.choice(steps, hot)])
-        dead_index = np.concatenate([dead_index, dead_index + rng.choice(steps, len(dead_index))])
+    if not holdout and rng.random() < 0.4:  # clustered defects: pairs, lines, Ls and blocks of 2 to 4 pixels
+        hot_index, dead_index = _grow_clusters(rng, hot_index, width), _grow_clusters(rng, dead_index, width)
         hot_index, dead_index = hot_index[hot_index < pixels], dead_index[dead_index < pixels]
         hot = len(hot_index)
     hot_values = offset + (full_scale - offset) * rng.uniform(0.05, 1.0, hot) ** 2

@@ -40,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     train.add_argument(
         "--threads", type=int, help="torch CPU threads (default: one per core; 1 is steadier on a busy machine)"
     )
+    train.add_argument(
+        "--bf16",
+        action="store_true",
+        help="on a CPU: bfloat16 mixed precision and channels-last memory (about 1.5x faster on CPUs with "
+        "AVX-512 BF16 or AMX); CUDA always trains in float16 mixed precision",
+    )
     train.set_defaults(func=_train)
 
     val = subparsers.add_parser("val", help="evaluate weights on a dataset split (mAP, P, R, Pd, Fa)")
@@ -94,6 +100,7 @@ def _train(args: argparse.Namespace) -> int:
         mosaic=args.mosaic,
         seed=args.seed,
         threads=args.threads,
+        bf16=args.bf16,
     )
     result = train(config)
     metrics = ", ".join(f"{key} {value:.4f}" for key, value in result.metrics.items() if not math.isnan(value))

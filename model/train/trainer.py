@@ -14,8 +14,9 @@ Optimiser: "auto" takes AdamW (lr 0.002 * 5 / (4 + nc)) for short runs (under 10
 layers only. With a time limit, the iterations a run can do are estimated from one timed training step
 before it starts (the smaller of that and epochs * iterations per epoch); "auto", the warm-up cap and the
 EMA ramp use that estimate, and the choice is saved with the config so a resumed run keeps it. Mixed
-precision on CUDA only; gradients clipped to norm 10; an EMA of the weights is what gets validated and
-exported.
+precision: float16 on CUDA always; bfloat16 with channels-last memory on a CPU with `bf16=True` (about 1.5x
+faster where the CPU has AVX-512 BF16 or AMX; the master weights, loss and optimiser stay float32).
+Gradients clipped to norm 10; an EMA of the weights is what gets validated and exported.
 
 Learning rate: a linear warm-up (warmup_epochs, at least 20 iterations, at most 10% of the planned iterations
 or 5% of the progress), then a cosine from lr0 down to lr0 * lrf over the run's progress:
@@ -90,6 +91,7 @@ class TrainConfig:
     max_grad_norm: float = 10.0
     cache: bool | None = None
     threads: int | None = None  # torch CPU threads; None keeps torch's default (one per core)
+    bf16: bool = False  # CPU only: bfloat16 autocast and channels-last memory
     command: str = field(default_factory=lambda: " ".join(["masenet", *sys.argv[1:]]))
 
 
@@ -262,6 +264,8 @@ class _Run:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
         self.use_amp = self.device.type == "cuda"
+        self.cpu_bf16 = config.bf16 and self.device.type == "cpu"
+        self.memory_format = torch.channels_last if self.cpu_bf16 else torch.contiguous_format
 
         augment = AugmentConfig(mosaic=config.mosaic)
         self.train_set = YoloDataset(config.data, "train", config.imgsz, augment, config.cache, seed=config.seed)
@@ -272,7 +276,7 @@ class _Run:
         self.time_budget = config.time_limit * 60.0 if config.time_limit else None
 
         nc = self.train_set.num_classes
-        self.model = _initial_model(config, nc).to(self.device).train()
+        self.model = _initial_model(config, nc).to(self.device, memory_format=self.memory_format).train()
         self.criterion = DetectionLoss(nc, strides=self.model.strides, reg_max=self.model.reg_max)
         expected = self.planned_iterations
         if self.time_budget and resumed is None:
@@ -314,8 +318,10 @@ class _Run:
         state = copy.deepcopy(self.model.state_dict())
         batch = collate([self.train_set[index] for index in range(self.batch_size)])
         started = time.perf_counter()
-        images = batch["images"].to(self.device).float().div_(255.0)  # (B, 3, S, S)
-        total, _ = self.criterion(self.model(images), batch["targets"].to(self.device))
+        images = self._images(batch)
+        with self._autocast():
+            levels = self.model(images)
+        total, _ = self.criterion(levels, batch["targets"].to(self.device))
         total.backward()
         seconds = time.perf_counter() - started
         self.model.zero_grad(set_to_none=True)
@@ -333,15 +339,25 @@ class _Run:
         used = self.elapsed() / max(self.time_budget - self.reserve, 1.0)
         return max(by_steps, self.progress_start + (1 - self.progress_start) * used)
 
+    def _images(self, batch: dict[str, Any]) -> Tensor:
+        """The batch's uint8 images as float (B, 3, S, S) in [0, 1] on the device, in the model's memory format."""
+        images = batch["images"].to(self.device, non_blocking=True).float().div_(255.0)
+        return images.contiguous(memory_format=self.memory_format)
+
+    def _autocast(self) -> torch.autocast:
+        if self.cpu_bf16:
+            return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp)
+
     def _step(self, batch: dict[str, Any]) -> Tensor:
         """One optimiser step; returns the detached (3,) loss items."""
         self.progress = self.current_progress()
         factor = lr_factor(self.progress, self.iteration, self.warmup_iterations, self.config.lrf)
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
-        images = batch["images"].to(self.device, non_blocking=True).float().div_(255.0)  # (B, 3, S, S)
+        images = self._images(batch)
         targets = batch["targets"].to(self.device)  # (M, 6)
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with self._autocast():
             levels = self.model(images)
         total, items = self.criterion(levels, targets)
         self.optimizer.zero_grad(set_to_none=True)

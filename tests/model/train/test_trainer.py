@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import shutil
@@ -150,3 +151,15 @@ def test_learning_rate_schedule() -> None:
     assert lr_factor(3.0, 200, 10, lrf=0.01) == pytest.approx(0.01)  # past the budget: stays at the floor
     # a time-limited run that is 5% through its budget has finished warming up, whatever the iteration count
     assert lr_factor(0.05, 2, 1000, lrf=0.01) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.05)))
+
+
+def test_bf16_on_cpu_trains_with_float32_master_weights(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, _ = trained
+    config = TrainConfig(data=str(data), imgsz=64, epochs=EPOCHS, batch=4, workers=0, out=str(tmp_path / "b"), seed=1)
+    result = train(dataclasses.replace(config, bf16=True, device="cpu"))
+    rows = _rows(tmp_path / "b")
+    assert all(math.isfinite(_total(row)) for row in rows) and _total(rows[-1]) < _total(rows[0])
+    state = torch.load(result.last, map_location="cpu", weights_only=True)
+    assert state["config"]["bf16"] is True
+    assert all(tensor.dtype == torch.float32 for tensor in state["model"].values() if tensor.is_floating_point())
+    assert read_metadata(result.exported).nc == 1
