@@ -66,7 +66,7 @@ def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
     return float(np.exp(rng.uniform(np.log(low), np.log(high))))
 
 
-def _grow_clusters(rng: np.random.Generator, index: np.ndarray, width: int) -> np.ndarray:
+def grow_clusters(rng: np.random.Generator, index: np.ndarray, width: int) -> np.ndarray:
     """Grow each defect pixel into a connected cluster of 2 to 4 pixels by a short random walk on the grid."""
     steps = np.array([1, -1, width, -width, width + 1, width - 1])
     grown, tip, alive = [index], index, np.ones(len(index), dtype=bool)
@@ -116,7 +116,7 @@ def sample_sensor(rng: np.random.Generator, height: int, width: int, config: Syn
         dead_index = np.concatenate([dead_index, np.minimum(dead_index + 1, pixels - 1), dead_index + width])
         dead_index = dead_index[dead_index < pixels]
     if not holdout and rng.random() < 0.4:  # clustered defects: pairs, lines, Ls and blocks of 2 to 4 pixels
-        hot_index, dead_index = _grow_clusters(rng, hot_index, width), _grow_clusters(rng, dead_index, width)
+        hot_index, dead_index = grow_clusters(rng, hot_index, width), grow_clusters(rng, dead_index, width)
         hot_index, dead_index = hot_index[hot_index < pixels], dead_index[dead_index < pixels]
         hot = len(hot_index)
     hot_values = offset + (full_scale - offset) * rng.uniform(0.05, 1.0, hot) ** 2

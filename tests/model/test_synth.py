@@ -25,6 +25,7 @@ from model.synth.backgrounds import (
     render_background,
     speck_crowd,
 )
+from model.synth.sensor import grow_clusters
 from model.synth.targets import DEFAULT_KINDS, HOLDOUT_KINDS, MIN_BOX_SIDE, insert_target, ring_std, sample_spec
 
 SMALL = SynthConfig(width=96, height=80)
@@ -191,6 +192,23 @@ def test_lattice_is_a_regular_grid_inside_its_box() -> None:
     assert len(rows) >= 8
     assert rows.min() >= 27 and rows.max() <= 52 and cols.min() >= 19 and cols.max() <= 60
     assert set(np.unique(canvas)) == {0.0, 2.0}
+
+
+def test_defect_clusters_are_connected_groups_of_two_to_four_pixels() -> None:
+    width, seed_pixel = 100, 50 * 100 + 50
+    rng, sizes = np.random.default_rng(0), set()
+    for _ in range(300):
+        cluster = {divmod(int(i), width) for i in grow_clusters(rng, np.array([seed_pixel]), width)}
+        sizes.add(len(cluster))
+        reached, frontier = {(50, 50)}, [(50, 50)]
+        while frontier:  # 8-connected flood fill from the seed pixel
+            y, x = frontier.pop()
+            for near in cluster - reached:
+                if max(abs(near[0] - y), abs(near[1] - x)) == 1:
+                    reached.add(near)
+                    frontier.append(near)
+        assert reached == cluster
+    assert sizes == {2, 3, 4}
 
 
 def test_holdout_clutter_kinds_stay_the_original_four() -> None:
