@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     val.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
     val.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     val.add_argument("--json", action="store_true", help="print the full result as JSON instead of a table")
-    val.add_argument("--plots", help="folder for pr_curve.png")
+    val.add_argument("--plots", help="folder for pr_curve.png and pd_fa_curve.png (Pd against false alarms)")
     val.set_defaults(func=_val)
 
     predict = subparsers.add_parser("predict", help="detect targets in image files or folders")
@@ -136,7 +136,7 @@ def _json_ready(value: Any) -> Any:
 def _val(args: argparse.Namespace) -> int:
     from model.detector import Detector
     from model.train.data import YoloDataset
-    from model.train.evaluate import evaluate, format_table, plot_pr_curve
+    from model.train.evaluate import evaluate, format_table, plot_pd_fa_curve, plot_pr_curve
 
     detector = Detector(_weights_path(args.weights), device=args.device, imgsz=args.imgsz)
     dataset = YoloDataset(args.data, args.split, imgsz=args.imgsz or detector.imgsz, augment=None, cache=False)
@@ -154,6 +154,7 @@ def _val(args: argparse.Namespace) -> int:
     )
     if args.plots:
         plot_pr_curve(result, Path(args.plots) / "pr_curve.png")
+        plot_pd_fa_curve(result, Path(args.plots) / "pd_fa_curve.png")
     if args.json:
         print(json.dumps(_json_ready(result), indent=2))
     else:

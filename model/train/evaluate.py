@@ -22,8 +22,10 @@ from model.train.metrics import (
     SIZE_BUCKETS,
     Detections,
     GroundTruth,
+    best_pd_within,
     coco_map,
     detection_rate,
+    pd_fa_curve,
     pr_curves,
     precision_recall_at,
 )
@@ -156,6 +158,7 @@ def score_predictions(
         "per_class": per_class,
         "all": overall,
         "pr_curve": {"recall": curves["recall"].tolist(), "precision": curves["precision"].tolist(), "names": names},
+        "pd_fa_curve": pd_fa_curve(predictions, targets, distance=distance),
     }
 
 
@@ -249,6 +252,14 @@ def format_table(result: dict[str, Any]) -> str:
         f"{result['images']} images; P, R, Pd and Fa at confidence {result['operating_conf']:g}; Pd within "
         f"{result['distance']:g} px; sizes: tiny <= 3 px < small <= 6 px < medium"
     )
+    curve = result.get("pd_fa_curve")
+    if curve:
+        best = best_pd_within(curve, 1.0)
+        if best is None:
+            span = f"{curve['conf'][0]:g} to {curve['conf'][-1]:g}"
+            note += f"\nno confidence from {span} keeps false alarms at or below 1 per frame"
+        else:
+            note += f"\nbest Pd at <= 1 false alarm per frame: {best[1]:.3f} (confidence {best[0]:g})"
     return "\n".join([*lines, note])
 
 
@@ -272,6 +283,34 @@ def plot_pr_curve(result: dict[str, Any], path: str | Path) -> Path:
     axes.set_title(f"PR curve, IoU 0.5 (mAP50 {result['all']['map50']:.3f})")
     axes.grid(alpha=0.3)
     axes.legend(loc="lower left")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def plot_pd_fa_curve(result: dict[str, Any], path: str | Path) -> Path:
+    """Pd against false alarms per frame over confidences 0.05 to 0.95 (the infrared ROC), to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    curve = result["pd_fa_curve"]
+    figure, axes = plt.subplots(figsize=(6, 5), dpi=100)
+    axes.plot(curve["fa_per_frame"], curve["pd"], marker="o", markersize=3, linewidth=1.5, color="tab:blue")
+    for conf, fa, pd in zip(curve["conf"], curve["fa_per_frame"], curve["pd"], strict=True):
+        if round(conf * 20) % 4 == 1:  # label every fourth point: 0.05, 0.25, 0.45, ...
+            axes.annotate(f"{conf:g}", (fa, pd), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    operating = result["operating_conf"]
+    axes.axvline(1.0, color="grey", linestyle="--", linewidth=1, label="1 false alarm per frame")
+    axes.plot([result["all"]["fa_per_frame"]], [result["all"]["pd"]], "r*", markersize=10, label=f"conf {operating:g}")
+    axes.set_xscale("symlog", linthresh=0.1)
+    axes.set(xlabel="false alarms per frame", ylabel="Pd (probability of detection)", ylim=(0, 1.02))
+    axes.set_title(f"Pd vs false alarms ({result['images']} frames, centre within {result['distance']:g} px)")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, bbox_inches="tight")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -349,3 +350,38 @@ def detection_rate(
         },
         "targets_by_size": total_by_size,
     }
+
+
+CURVE_CONFS: tuple[float, ...] = tuple(round(0.05 * step, 2) for step in range(1, 20))  # 0.05 ... 0.95
+
+
+def pd_fa_curve(
+    predictions: Sequence[Detections],
+    targets: Sequence[GroundTruth],
+    confs: Sequence[float] = CURVE_CONFS,
+    distance: float = 3.0,
+) -> dict[str, list[float]]:
+    """Pd and false alarms per frame at each confidence in `confs`: the infrared small-target ROC.
+
+    Returns {"conf", "pd", "fa_per_frame"}, lists in the order of `confs`.
+    """
+    points = [detection_rate(predictions, targets, conf=conf, distance=distance) for conf in confs]
+    return {
+        "conf": [float(conf) for conf in confs],
+        "pd": [float(point["pd"]) for point in points],
+        "fa_per_frame": [float(point["fa_per_frame"]) for point in points],
+    }
+
+
+def best_pd_within(curve: dict[str, list[float]], fa_per_frame: float) -> tuple[float, float] | None:
+    """(confidence, Pd) of the curve point with the highest Pd whose false alarms per frame are at most
+    `fa_per_frame` (the lowest such confidence on a tie); None when no point is that clean."""
+    points = [
+        (pd, -conf)
+        for conf, pd, fa in zip(curve["conf"], curve["pd"], curve["fa_per_frame"], strict=True)
+        if fa <= fa_per_frame and not math.isnan(pd)
+    ]
+    if not points:
+        return None
+    pd, negative_conf = max(points)
+    return -negative_conf, pd

@@ -10,9 +10,11 @@ import pytest
 from model.train.metrics import (
     Detections,
     GroundTruth,
+    best_pd_within,
     coco_map,
     detection_rate,
     match_detections,
+    pd_fa_curve,
     pr_curves,
     precision_recall_at,
     size_bucket,
@@ -117,3 +119,18 @@ def test_size_buckets() -> None:
         "medium",
         "medium",
     ]
+
+
+def test_pd_fa_curve_and_best_operating_point_by_hand() -> None:
+    targets = [GroundTruth([[10, 10, 14, 14]], [0]), GroundTruth([[30, 30, 34, 34]], [0])]
+    predictions = [
+        Detections([[11, 11, 15, 15], [60, 60, 64, 64]], [0.9, 0.5], [0, 0]),  # a hit at 0.9, a false alarm at 0.5
+        Detections([[31, 31, 35, 35], [0, 0, 4, 4], [80, 80, 84, 84]], [0.4, 0.3, 0.3], [0, 0, 0]),
+    ]
+    curve = pd_fa_curve(predictions, targets, confs=(0.2, 0.35, 0.45, 0.95))
+    assert curve["conf"] == [0.2, 0.35, 0.45, 0.95]
+    assert curve["pd"] == [1.0, 1.0, 0.5, 0.0]
+    assert curve["fa_per_frame"] == [1.5, 0.5, 0.5, 0.0]
+    assert best_pd_within(curve, 1.0) == (0.35, 1.0)
+    assert best_pd_within(curve, 0.1) == (0.95, 0.0)
+    assert best_pd_within({"conf": [0.5], "pd": [0.9], "fa_per_frame": [3.0]}, 1.0) is None

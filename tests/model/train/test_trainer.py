@@ -107,12 +107,16 @@ def test_val_prints_table_json_and_plot(trained: tuple[Path, Path], tmp_path: Pa
     assert main(["val", "--data", str(data), "--weights", weights, "--plots", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     assert "mAP50-95" in table and "Fa/frame" in table and "\n    all" in table or " all " in table
-    assert (tmp_path / "pr_curve.png").stat().st_size > 0
+    assert "best Pd at <= 1 false alarm per frame" in table or "keeps false alarms at or below 1" in table
+    assert (tmp_path / "pr_curve.png").stat().st_size > 0 and (tmp_path / "pd_fa_curve.png").stat().st_size > 0
     assert main(["val", "--data", str(data), "--weights", weights, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 4 and result["all"]["targets"] > 0
     assert {"precision", "recall", "map50", "map50_95", "pd", "fa_per_frame", "pd_by_size"} <= set(result["all"])
     assert result["per_class"][0]["class"] == "target"
+    curve = result["pd_fa_curve"]
+    assert len(curve["conf"]) == len(curve["pd"]) == len(curve["fa_per_frame"]) == 19
+    assert curve["fa_per_frame"] == sorted(curve["fa_per_frame"], reverse=True)  # fewer alarms as conf rises
 
 
 def test_predict_json_schema(trained: tuple[Path, Path], tmp_path: Path, capsys) -> None:
