@@ -307,7 +307,7 @@ def plot_pd_fa_curve(result: dict[str, Any], path: str | Path) -> Path:
     axes.axvline(1.0, color="grey", linestyle="--", linewidth=1, label="1 false alarm per frame")
     axes.plot([result["all"]["fa_per_frame"]], [result["all"]["pd"]], "r*", markersize=10, label=f"conf {operating:g}")
     axes.set_xscale("symlog", linthresh=0.1)
-    axes.set(xlabel="false alarms per frame", ylabel="Pd (probability of detection)", ylim=(0, 1.02))
+    axes.set(xlabel="false alarms per frame", ylabel="Pd (probability of detection)", xlim=(0, None), ylim=(0, 1.02))
     axes.set_title(f"Pd vs false alarms ({result['images']} frames, centre within {result['distance']:g} px)")
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
