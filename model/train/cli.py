@@ -43,8 +43,8 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     train.add_argument(
         "--bf16",
         action="store_true",
-        help="on a CPU: bfloat16 mixed precision and channels-last memory (about 1.5x faster on CPUs with "
-        "AVX-512 BF16 or AMX); CUDA always trains in float16 mixed precision",
+        help="on a CPU: bfloat16 mixed precision and channels-last memory (faster on CPUs with AVX-512 BF16 or "
+        "AMX); CUDA always trains in float16 mixed precision",
     )
     train.set_defaults(func=_train)
 

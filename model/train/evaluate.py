@@ -263,6 +263,19 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join([*lines, note])
 
 
+def _save_figure(figure: Any, axes: Any, path: str | Path, legend: str) -> Path:
+    """Grid and legend on `axes`, then write the figure to `path` (folders made) and close it."""
+    from matplotlib import pyplot as plt
+
+    axes.grid(alpha=0.3)
+    axes.legend(loc=legend)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
 def plot_pr_curve(result: dict[str, Any], path: str | Path) -> Path:
     """Precision-recall curves at IoU 0.5, per class and their mean, to a PNG."""
     import matplotlib
@@ -281,13 +294,7 @@ def plot_pr_curve(result: dict[str, Any], path: str | Path) -> Path:
         axes.plot(recall, np.nanmean(precision, axis=0), linewidth=2.5, color="black", label="all classes")
     axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
     axes.set_title(f"PR curve, IoU 0.5 (mAP50 {result['all']['map50']:.3f})")
-    axes.grid(alpha=0.3)
-    axes.legend(loc="lower left")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return _save_figure(figure, axes, path, legend="lower left")
 
 
 def plot_pd_fa_curve(result: dict[str, Any], path: str | Path) -> Path:
@@ -309,13 +316,7 @@ def plot_pd_fa_curve(result: dict[str, Any], path: str | Path) -> Path:
     axes.set_xscale("symlog", linthresh=0.1)
     axes.set(xlabel="false alarms per frame", ylabel="Pd (probability of detection)", xlim=(0, None), ylim=(0, 1.02))
     axes.set_title(f"Pd vs false alarms ({result['images']} frames, centre within {result['distance']:g} px)")
-    axes.grid(alpha=0.3)
-    axes.legend(loc="lower right")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return _save_figure(figure, axes, path, legend="lower right")
 
 
 def plot_losses(rows: list[dict[str, Any]], path: str | Path) -> None:

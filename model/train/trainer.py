@@ -14,8 +14,8 @@ Optimiser: "auto" takes AdamW (lr 0.002 * 5 / (4 + nc)) for short runs (under 10
 layers only. With a time limit, the iterations a run can do are estimated from one timed training step
 before it starts (the smaller of that and epochs * iterations per epoch); "auto", the warm-up cap and the
 EMA ramp use that estimate, and the choice is saved with the config so a resumed run keeps it. Mixed
-precision: float16 on CUDA always; bfloat16 with channels-last memory on a CPU with `bf16=True` (about 1.5x
-faster where the CPU has AVX-512 BF16 or AMX; the master weights, loss and optimiser stay float32).
+precision: float16 on CUDA always; bfloat16 with channels-last memory on a CPU with `bf16=True` (faster where
+the CPU has AVX-512 BF16 or AMX; the master weights, loss and optimiser stay float32).
 Gradients clipped to norm 10; an EMA of the weights is what gets validated and exported.
 
 Learning rate: a linear warm-up (warmup_epochs, at least 20 iterations, at most 10% of the planned iterations
