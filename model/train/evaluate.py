@@ -252,14 +252,13 @@ def format_table(result: dict[str, Any]) -> str:
         f"{result['images']} images; P, R, Pd and Fa at confidence {result['operating_conf']:g}; Pd within "
         f"{result['distance']:g} px; sizes: tiny <= 3 px < small <= 6 px < medium"
     )
-    curve = result.get("pd_fa_curve")
-    if curve:
-        best = best_pd_within(curve, 1.0)
-        if best is None:
-            span = f"{curve['conf'][0]:g} to {curve['conf'][-1]:g}"
-            note += f"\nno confidence from {span} keeps false alarms at or below 1 per frame"
-        else:
-            note += f"\nbest Pd at <= 1 false alarm per frame: {best[1]:.3f} (confidence {best[0]:g})"
+    curve = result["pd_fa_curve"]
+    best = best_pd_within(curve, 1.0)
+    if best is None:
+        span = f"{curve['conf'][0]:g} to {curve['conf'][-1]:g}"
+        note += f"\nno confidence from {span} keeps false alarms at or below 1 per frame"
+    else:
+        note += f"\nbest Pd at <= 1 false alarm per frame: {best[1]:.3f} (confidence {best[0]:g})"
     return "\n".join([*lines, note])
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import shutil
@@ -159,9 +158,11 @@ def test_learning_rate_schedule() -> None:
 
 def test_bf16_on_cpu_trains_with_float32_master_weights(trained: tuple[Path, Path], tmp_path: Path) -> None:
     data, _ = trained
-    config = TrainConfig(data=str(data), imgsz=64, epochs=EPOCHS, batch=4, workers=0, out=str(tmp_path / "b"), seed=1)
-    result = train(dataclasses.replace(config, bf16=True, device="cpu"))
-    rows = _rows(tmp_path / "b")
+    out = tmp_path / "b"
+    config = TrainConfig(data=str(data), imgsz=64, epochs=EPOCHS, batch=4, workers=0, out=str(out), seed=1)
+    config.bf16, config.device = True, "cpu"
+    result = train(config)
+    rows = _rows(out)
     assert all(math.isfinite(_total(row)) for row in rows) and _total(rows[-1]) < _total(rows[0])
     state = torch.load(result.last, map_location="cpu", weights_only=True)
     assert state["config"]["bf16"] is True
