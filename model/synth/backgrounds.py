@@ -298,9 +298,9 @@ def sea(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
         peak = float(glint.max())
         if peak > 0:
             scene = scene + np.sqrt(glint / peak) * rng.uniform(2.0, 12.0)
-    if rng.random() < 0.5:
+    if rng.random() < 0.7:
         crests = waves * (0.5 + rng.random()) + rng.normal(0, 0.3, waves.shape).astype(np.float32)
-        scene = scene + speck_crowd(rng, crests, rng.uniform(0.0005, 0.01), rng.uniform(1.0, 8.0))
+        scene = scene + speck_crowd(rng, crests, rng.uniform(0.0005, 0.02), rng.uniform(1.0, 10.0))
     return scene
 
 
@@ -336,9 +336,12 @@ def ground(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
                 rim = rng.uniform(0.3, 1.5)
                 paint_shape(scene, cx, cy, half_x + 1, half_y + 1, grid_angle, rim, kind="rect")
                 paint_shape(scene, cx, cy, half_x, half_y, grid_angle, -rim, kind="rect")
-    if rng.random() < 0.25:
-        flecks = value_noise(rng, height, width, rng.uniform(20, 80), octaves=2) + rng.random((height, width))
-        scene = scene + speck_crowd(rng, flecks.astype(np.float32), rng.uniform(0.001, 0.01), rng.uniform(0.5, 3.0))
+    if rng.random() < 0.45:
+        if rng.random() < 0.5:  # sun flecks scattered over patches
+            flecks = value_noise(rng, height, width, rng.uniform(20, 80), octaves=2) + rng.random((height, width))
+        else:  # warm stones and tree tops on the texture's own bright ridges
+            flecks = normalise(scene) + rng.normal(0, 0.05, scene.shape)
+        scene = scene + speck_crowd(rng, flecks.astype(np.float32), rng.uniform(0.001, 0.015), rng.uniform(0.5, 4.0))
     return scene
 
 
