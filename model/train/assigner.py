@@ -5,6 +5,12 @@ For every ground-truth box the assigner scores candidate anchors with the alignm
 resolves an anchor claimed by several boxes in favour of the box it overlaps most, and gives each positive a
 soft class target: its metric normalised per box so the best anchor of a box gets that box's best IoU.
 
+Class targets. With `score_target="iou"` (TOOD, YOLOv8 and later) the best anchor of a box learns that box's
+best IoU, so scores rank box quality too. A box of a few pixels never gets a high IoU (one pixel off on a 4 x 4
+box is IoU 0.39), so tiny targets learn low scores and fall below any confidence that keeps false alarms down.
+With `score_target="presence"` the best anchor of every box learns 1 and the other positives their metric
+relative to it: the score says whether a target is there, whatever its size, which is what Pd counts.
+
 Candidates. Plain TAL takes only anchors whose centre lies inside the box. A 4 x 4 px box contains no anchor
 centre at stride 8 or more and at most one (sometimes none, when it straddles cells) at stride 4, so some tiny
 targets would never be trained. Here an anchor is also a candidate when it belongs to the finest level and its
@@ -41,11 +47,25 @@ def _pairwise_iou(pred_boxes: Tensor, gt_boxes: Tensor) -> Tensor:
     return torch.stack([box_iou(gt, pred) for gt, pred in zip(gt_boxes, pred_boxes, strict=True)])
 
 
+SCORE_TARGETS = ("iou", "presence")
+
+
 class TaskAlignedAssigner:
     """TAL with the small-target candidate rule described in the module docstring."""
 
-    def __init__(self, num_classes: int, topk: int = 10, alpha: float = 0.5, beta: float = 6.0, eps: float = 1e-9):
+    def __init__(
+        self,
+        num_classes: int,
+        topk: int = 10,
+        alpha: float = 0.5,
+        beta: float = 6.0,
+        score_target: str = "iou",
+        eps: float = 1e-9,
+    ):
+        if score_target not in SCORE_TARGETS:
+            raise ValueError(f"unknown score_target {score_target!r}; choose one of {', '.join(SCORE_TARGETS)}")
         self.num_classes = num_classes
+        self.score_target = score_target
         self.topk = topk
         self.alpha = alpha
         self.beta = beta
@@ -123,6 +143,8 @@ class TaskAlignedAssigner:
         metric = metric * selected
         best_metric = metric.amax(dim=-1, keepdim=True)  # (B, M, 1)
         best_overlap = (overlaps * selected).amax(dim=-1, keepdim=True)
+        if self.score_target == "presence":
+            best_overlap = torch.ones_like(best_overlap)
         normalised = (metric * best_overlap / (best_metric + self.eps)).amax(dim=1)  # (B, A)
         one_hot = torch.nn.functional.one_hot(labels.clamp(0, self.num_classes - 1), self.num_classes).float()
         target_scores = one_hot * (normalised * foreground)[:, :, None]

@@ -46,6 +46,13 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
         help="on a CPU: bfloat16 mixed precision and channels-last memory (faster on CPUs with AVX-512 BF16 or "
         "AMX); CUDA always trains in float16 mixed precision",
     )
+    train.add_argument(
+        "--cls-target",
+        default="iou",
+        choices=("iou", "presence"),
+        help="class target of a matched anchor: its box IoU (default, as in YOLOv8 and later) or 1 for the best "
+        "anchor of each target (presence: tiny targets, whose boxes never reach a high IoU, learn high scores)",
+    )
     train.set_defaults(func=_train)
 
     val = subparsers.add_parser("val", help="evaluate weights on a dataset split (mAP, P, R, Pd, Fa)")
@@ -101,6 +108,7 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=args.threads,
         bf16=args.bf16,
+        cls_target=args.cls_target,
     )
     result = train(config)
     metrics = ", ".join(f"{key} {value:.4f}" for key, value in result.metrics.items() if not math.isnan(value))

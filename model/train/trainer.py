@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from model.errors import CheckpointError
+from model.train.assigner import TaskAlignedAssigner
 from model.train.augment import AugmentConfig
 from model.train.data import YoloDataset, collate, describe, worker_count
 from model.train.evaluate import evaluate, overall_metrics, plot_losses, plot_pr_curve, read_results, write_results
@@ -92,6 +93,7 @@ class TrainConfig:
     cache: bool | None = None
     threads: int | None = None  # torch CPU threads; None keeps torch's default (one per core)
     bf16: bool = False  # CPU only: bfloat16 autocast and channels-last memory
+    cls_target: str = "iou"  # class target of a positive: "iou" (box quality) or "presence" (see assigner.py)
     command: str = field(default_factory=lambda: " ".join(["masenet", *sys.argv[1:]]))
 
 
@@ -277,7 +279,8 @@ class _Run:
 
         nc = self.train_set.num_classes
         self.model = _initial_model(config, nc).to(self.device, memory_format=self.memory_format).train()
-        self.criterion = DetectionLoss(nc, strides=self.model.strides, reg_max=self.model.reg_max)
+        assigner = TaskAlignedAssigner(nc, score_target=config.cls_target)
+        self.criterion = DetectionLoss(nc, strides=self.model.strides, reg_max=self.model.reg_max, assigner=assigner)
         expected = self.planned_iterations
         if self.time_budget and resumed is None:
             expected = max(1, min(expected, int(self.time_budget / self._probe_step_seconds())))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from model.ops import make_anchors
@@ -16,7 +17,7 @@ def _anchors(size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     return points * strides, strides  # pixels
 
 
-def _assign(gt_boxes: torch.Tensor, pred_boxes: torch.Tensor | None = None, size: int = 64):
+def _assign(gt_boxes: torch.Tensor, pred_boxes: torch.Tensor | None = None, size: int = 64, score_target="iou"):
     points, strides = _anchors(size)
     anchors = len(points)
     if pred_boxes is None:  # far-off predictions: IoU 0 with every target
@@ -24,7 +25,8 @@ def _assign(gt_boxes: torch.Tensor, pred_boxes: torch.Tensor | None = None, size
     scores = torch.full((1, anchors, 2), 0.01)
     labels = torch.zeros(1, len(gt_boxes), dtype=torch.long)
     mask = torch.ones(1, len(gt_boxes), dtype=torch.bool)
-    return TaskAlignedAssigner(num_classes=2)(scores, pred_boxes, points, strides, labels, gt_boxes[None], mask)
+    assigner = TaskAlignedAssigner(num_classes=2, score_target=score_target)
+    return assigner(scores, pred_boxes, points, strides, labels, gt_boxes[None], mask)
 
 
 def test_every_tiny_box_gets_a_positive_at_the_finest_level() -> None:
@@ -61,6 +63,22 @@ def test_scores_follow_alignment_and_conflicts_go_to_the_better_overlap() -> Non
     assert torch.allclose(result.scores[0, first, 0].max(), torch.tensor(1.0), atol=1e-4)  # best anchor: IoU 1
     assert (result.scores[0, ~result.foreground[0]] == 0).all()
     assert (result.labels[0][result.foreground[0]] == 0).all()
+
+
+def test_presence_targets_lift_a_tiny_box_to_one_where_iou_targets_stay_low() -> None:
+    points, _ = _anchors()
+    gt = torch.tensor([[20, 20, 24, 24]], dtype=torch.float32)  # a 4 x 4 px target
+    pred = torch.tensor([[21, 21, 25, 25]], dtype=torch.float32).expand(1, len(points), 4)  # one pixel off
+    by_iou, by_presence = _assign(gt, pred), _assign(gt, pred, score_target="presence")
+    assert torch.equal(by_iou.foreground, by_presence.foreground)  # same positives, other targets
+    assert abs(by_iou.scores.max().item() - 9 / 23) < 1e-4  # IoU of two 4 x 4 boxes one pixel off diagonally
+    assert abs(by_presence.scores.max().item() - 1.0) < 1e-4
+    assert (by_presence.scores[0, ~by_presence.foreground[0]] == 0).all()
+
+
+def test_unknown_score_target_is_refused() -> None:
+    with pytest.raises(ValueError, match="presence"):
+        TaskAlignedAssigner(num_classes=1, score_target="quality")
 
 
 def test_no_targets_gives_no_positives() -> None:

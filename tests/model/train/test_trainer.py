@@ -156,6 +156,19 @@ def test_learning_rate_schedule() -> None:
     assert lr_factor(0.05, 2, 1000, lrf=0.01) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.05)))
 
 
+def test_presence_class_targets_train_from_the_command_line_and_are_saved(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, _ = trained
+    out = tmp_path / "p"
+    args = ["train", "--data", str(data), "--imgsz", "64", "--epochs", str(EPOCHS), "--batch", "4", "--workers", "0"]
+    assert main([*args, "--cls-target", "presence", "--out", str(out), "--seed", "1"]) == 0
+    rows = _rows(out)
+    assert _total(rows[-1]) < _total(rows[0])
+    state = torch.load(out / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["config"]["cls_target"] == "presence"  # a resumed run keeps its class targets
+
+
 def test_bf16_on_cpu_trains_with_float32_master_weights(trained: tuple[Path, Path], tmp_path: Path) -> None:
     data, _ = trained
     out = tmp_path / "b"
