@@ -268,6 +268,8 @@ class _Run:
         self.use_amp = self.device.type == "cuda"
         self.cpu_bf16 = config.bf16 and self.device.type == "cpu"
         self.memory_format = torch.channels_last if self.cpu_bf16 else torch.contiguous_format
+        if self.cpu_bf16 and not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+            logger.warning("this CPU has neither AVX-512 BF16 nor AMX: bfloat16 is emulated and slower than float32")
 
         augment = AugmentConfig(mosaic=config.mosaic)
         self.train_set = YoloDataset(config.data, "train", config.imgsz, augment, config.cache, seed=config.seed)
