@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
         default="iou",
         choices=("iou", "presence"),
         help="class target of a matched anchor: its box IoU (default, as in YOLOv8 and later) or 1 for the best "
-        "anchor of each target (presence: tiny targets, whose boxes never reach a high IoU, learn high scores)",
+        "anchor of each target (presence: scores say only whether a target is there)",
     )
     train.set_defaults(func=_train)
 
