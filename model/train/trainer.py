@@ -221,6 +221,12 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     temporary.replace(path)
 
 
+def _cpu_has_native_bf16() -> bool:
+    """Whether the CPU has AVX-512 BF16 or AMX, by torch's private probes (a probe this torch lacks counts as no)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def _resume_state(config: TrainConfig, last_path: Path) -> tuple[TrainConfig, dict[str, Any]]:
     """The saved run state and its config, with this invocation's epochs (if larger), time limit and devices."""
     if not last_path.is_file():
@@ -268,7 +274,7 @@ class _Run:
         self.use_amp = self.device.type == "cuda"
         self.cpu_bf16 = config.bf16 and self.device.type == "cpu"
         self.memory_format = torch.channels_last if self.cpu_bf16 else torch.contiguous_format
-        if self.cpu_bf16 and not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        if self.cpu_bf16 and not _cpu_has_native_bf16():
             logger.warning("this CPU has neither AVX-512 BF16 nor AMX: bfloat16 is emulated and slower than float32")
 
         augment = AugmentConfig(mosaic=config.mosaic)
