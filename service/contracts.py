@@ -40,7 +40,7 @@ class DetectParams(BaseModel):
     conf: float = Field(0.25, ge=0.0, le=1.0)
     iou: float = Field(0.45, ge=0.0, le=1.0)
     max_det: int = Field(300, ge=1, le=1000)
-    imgsz: int = Field(640, ge=32, le=2048, multiple_of=32)
+    imgsz: int | None = Field(None, ge=32, le=2048, multiple_of=32, description="None: the model's own size")
     gradcam: bool = False
 
 

@@ -30,7 +30,9 @@ class Settings(BaseSettings):
     weights: Path | None = Field(None, description="checkpoint path; unset means the shipped default weights")
     half: bool | None = Field(None, description="fp16 inference; unset means on for CUDA, off for CPU")
     compile: bool = Field(False, description="torch.compile the network in the worker")
-    imgsz: int = Field(640, ge=32, le=2048, multiple_of=32, description="default inference size (pixels)")
+    imgsz: int | None = Field(
+        None, ge=32, le=2048, multiple_of=32, description="default inference size (pixels); unset: the checkpoint's"
+    )
 
     max_batch: int | None = Field(None, ge=1, le=1024, description="images per forward pass; unset: 32 GPU, 8 CPU")
     max_delay_ms: float = Field(5.0, ge=0, le=10_000, description="how long a worker waits to fill a batch")

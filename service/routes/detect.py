@@ -72,7 +72,8 @@ async def detect(
     iou: Annotated[float, Query(ge=0.0, le=1.0, description="NMS IoU threshold")] = 0.45,
     max_det: Annotated[int, Query(ge=1, le=1000, description="most boxes per image")] = 300,
     imgsz: Annotated[
-        int | None, Query(ge=32, le=2048, multiple_of=32, description="inference size; default MASENET_IMGSZ")
+        int | None,
+        Query(ge=32, le=2048, multiple_of=32, description="inference size; default: MASENET_IMGSZ or the model's"),
     ] = None,
     gradcam: Annotated[bool, Query(description="also return a Grad-CAM overlay PNG per image")] = False,
 ) -> DetectResponse:

@@ -312,7 +312,8 @@ async def submit_job(
     iou: Annotated[float, Query(ge=0.0, le=1.0, description="NMS IoU threshold")] = 0.45,
     max_det: Annotated[int, Query(ge=1, le=1000, description="most boxes per frame")] = 300,
     imgsz: Annotated[
-        int | None, Query(ge=32, le=2048, multiple_of=32, description="inference size; default MASENET_IMGSZ")
+        int | None,
+        Query(ge=32, le=2048, multiple_of=32, description="inference size; default: MASENET_IMGSZ or the model's"),
     ] = None,
     frame_stride: Annotated[int, Query(ge=1, le=1000, description="process every Nth frame")] = 1,
     track: Annotated[bool, Query(description="link detections into tracks with stable track_id")] = True,

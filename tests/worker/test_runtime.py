@@ -35,7 +35,7 @@ def make_task(
     redis_client: redis.Redis,
     index: int,
     frame: np.ndarray | None,
-    imgsz: int = 64,
+    imgsz: int | None = 64,
     gradcam: bool = False,
     error: Exception | None = None,
 ) -> ImageTask:
@@ -92,6 +92,19 @@ def test_groups_by_input_size_and_runs_gradcam_only_where_asked(
         for detection in result.detections:
             x1, y1, x2, y2 = detection.box
             assert 0 <= x1 <= x2 <= result.width and 0 <= y1 <= y2 <= result.height
+
+
+def test_without_a_size_the_checkpoint_s_own_is_used(tiny_checkpoint: Path, redis_client: redis.Redis) -> None:
+    """MASENET_IMGSZ unset: the worker serves at the size saved in the checkpoint (64 here), and so does a
+    request that names no size."""
+    settings = Settings(weights=tiny_checkpoint, device="cpu", imgsz=None, queue_prefix="runtime-test")
+    own = InferenceRuntime(settings, redis_client, WorkerMetrics(), worker_name="in-process")
+    own.load()
+    assert own.model_info.imgsz == 64
+    image = frame(120, 80, seed=3)
+    tasks = [make_task(own, redis_client, index, image, imgsz=size) for index, size in enumerate((None, 64, 128))]
+    default, at_64, at_128 = [outcome.result.detections for outcome in own.run(tasks)]
+    assert default == at_64 and default != at_128
 
 
 def test_a_bad_image_fails_alone(runtime: InferenceRuntime, redis_client: redis.Redis) -> None:
