@@ -22,13 +22,13 @@ def test_shipped_weights_are_described_and_small() -> None:
     assert path.is_file(), "model/weights/masenet-n-synthetic.safetensors is missing"
     assert path.stat().st_size < 20 * 1024**2  # float16
     meta = read_metadata(path)
-    assert (meta.scale, meta.nc, meta.class_names, meta.imgsz) == ("n", 1, ["target"], 640)
+    assert (meta.scale, meta.nc, meta.class_names, meta.imgsz) == ("n", 1, ["target"], 960)
     assert {"command", "hardware", "wall_seconds", "metrics", "dataset_summary"} <= set(meta.provenance)
 
 
 def test_shipped_weights_find_targets_in_unseen_frames() -> None:
     detector = Detector()  # the shipped weights, on the CPU here
-    config = holdout_config()  # 640x512, served at imgsz 640 without resizing
+    config = holdout_config()  # 640x512, served at the checkpoint's imgsz 960 (scaled up 1.5x)
     frames = [generate_frame(frame_rng(SEED, "val", index, "holdout"), config) for index in range(FRAMES)]
     results = detector.detect([frame.image8 for frame in frames])  # 8-bit grayscale, as a camera sends them
     found = total = 0
