@@ -9,7 +9,7 @@ from service.settings import Settings, get_settings, mask_url_password
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("MASENET_REDIS_URL", "MASENET_API_KEYS", "MASENET_MAX_BATCH", "MASENET_QUEUE_PREFIX"):
+    for name in ("MASENET_REDIS_URL", "MASENET_API_KEYS", "MASENET_MAX_BATCH", "MASENET_QUEUE_PREFIX", "MASENET_IMGSZ"):
         monkeypatch.delenv(name, raising=False)
     settings = Settings()
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
