@@ -199,7 +199,8 @@ class InferenceRuntime:
     def _predict_groups(self, items: list[_Ready], step: Any) -> dict[int, JobFailure]:
         """Run `step` per input size; on a group failure retry its images alone. Returns failures by position."""
         failures: dict[int, JobFailure] = {}
-        for positions in group_positions(items, lambda item: item.task.payload.params.imgsz).values():
+        default = self.detector.imgsz  # a request without a size shares a forward with one that names this size
+        for positions in group_positions(items, lambda item: item.task.payload.params.imgsz or default).values():
             group = [items[position] for position in positions]
             try:
                 step(group)

@@ -96,15 +96,17 @@ def test_groups_by_input_size_and_runs_gradcam_only_where_asked(
 
 def test_without_a_size_the_checkpoint_s_own_is_used(tiny_checkpoint: Path, redis_client: redis.Redis) -> None:
     """MASENET_IMGSZ unset: the worker serves at the size saved in the checkpoint (64 here), and so does a
-    request that names no size."""
+    request that names no size, in the same forward as requests that name that size."""
     settings = Settings(weights=tiny_checkpoint, device="cpu", imgsz=None, queue_prefix="runtime-test")
     own = InferenceRuntime(settings, redis_client, WorkerMetrics(), worker_name="in-process")
     own.load()
     assert own.model_info.imgsz == 64
     image = frame(120, 80, seed=3)
     tasks = [make_task(own, redis_client, index, image, imgsz=size) for index, size in enumerate((None, 64, 128))]
+    forwards = count(own, "masenet_stage_duration_seconds_count", stage="inference")
     default, at_64, at_128 = [outcome.result.detections for outcome in own.run(tasks)]
     assert default == at_64 and default != at_128
+    assert count(own, "masenet_stage_duration_seconds_count", stage="inference") - forwards == 2  # None with 64
 
 
 def test_a_bad_image_fails_alone(runtime: InferenceRuntime, redis_client: redis.Redis) -> None:
