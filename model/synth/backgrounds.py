@@ -298,10 +298,30 @@ def sea(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
         peak = float(glint.max())
         if peak > 0:
             scene = scene + np.sqrt(glint / peak) * rng.uniform(2.0, 12.0)
-    if rng.random() < 0.7:
+    if rng.random() < 0.5:
         crests = waves * (0.5 + rng.random()) + rng.normal(0, 0.3, waves.shape).astype(np.float32)
         scene = scene + speck_crowd(rng, crests, rng.uniform(0.0005, 0.02), rng.uniform(1.0, 10.0))
+    if rng.random() < 0.5:
+        rollers = long_crests(rng, height, width)
+        scene = scene + rollers * rng.uniform(0.1, 0.8) * (0.3 + rows)
+        local = normalise(rollers - gaussian_blur(rollers, rng.uniform(3.0, 10.0)))  # each crest, not the highest
+        crests = local + rng.normal(0, rng.uniform(0.05, 0.3), rollers.shape).astype(np.float32)
+        scene = scene + speck_crowd(rng, crests, rng.uniform(0.0005, 0.01), rng.uniform(1.0, 10.0))
     return scene
+
+
+def long_crests(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Long, roughly level wave crests, squeezed towards the top of the frame as if seen towards a horizon.
+
+    Glint crowds that follow these crests line up along them, as sun glints on a swell do, where the
+    crowds above are scattered.
+    """
+    field = spectral_noise(rng, height, width, rng.uniform(1.8, 2.8), rng.uniform(3.0, 10.0), rng.normal(0, 0.15))
+    depth = np.linspace(0.0, 1.0, height, dtype=np.float32)
+    source = (height - 1) * (1.0 - (1.0 - depth) ** rng.uniform(1.2, 1.8))
+    lower = np.minimum(source.astype(np.intp), height - 2)
+    weight = (source - lower)[:, None]
+    return normalise(field[lower] * (1.0 - weight) + field[lower + 1] * weight)
 
 
 def ground(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
