@@ -22,6 +22,7 @@ from model.synth.backgrounds import (
     HOLDOUT_CLUTTER_KINDS,
     HOLDOUT_FAMILIES,
     lattice,
+    long_crests,
     render_background,
     speck_crowd,
 )
@@ -183,6 +184,15 @@ def test_speck_crowds_fall_where_the_score_is_highest() -> None:
     specks = speck_crowd(rng, score, fraction=0.2, level=3.0)
     assert not specks[:38].any(), "no speck above the high-score region (stamps reach at most 2 px down)"
     assert np.count_nonzero(specks) >= 20 and specks.max() > 1.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_long_crests_run_along_rows_and_crowd_towards_the_top(seed: int) -> None:
+    field = long_crests(np.random.default_rng(seed), 128, 160)
+    across = np.abs(np.diff(field, axis=0))  # from row to row, across the crests
+    along = np.abs(np.diff(field, axis=1))
+    assert across.mean() > 1.5 * along.mean(), "crests are longer than they are wide"
+    assert across[:32].mean() > across[-32:].mean(), "crests are closer together near the horizon"
 
 
 def test_lattice_is_a_regular_grid_inside_its_box() -> None:
