@@ -313,8 +313,8 @@ def sea(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 def long_crests(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Long, roughly level wave crests, squeezed towards the top of the frame as if seen towards a horizon.
 
-    Glint crowds that follow these crests line up along them, as sun glints on a swell do, where the
-    crowds above are scattered.
+    Glint crowds placed on these crests line up along them, as sun glints on a swell do; the sea's other
+    glint crowds are scattered.
     """
     field = spectral_noise(rng, height, width, rng.uniform(1.8, 2.8), rng.uniform(3.0, 10.0), rng.normal(0, 0.15))
     depth = np.linspace(0.0, 1.0, height, dtype=np.float32)
