@@ -325,7 +325,7 @@ def long_crests(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 
 
 def ground(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Vegetation texture and fields; often urban: roads and buildings with hard warm edges."""
+    """Vegetation texture and fields; often urban: roads and buildings with hard warm edges; often cold pits."""
     short = min(height, width)
     scene = _mix(
         rng,
@@ -362,7 +362,31 @@ def ground(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
         else:  # warm stones and tree tops on the texture's own bright ridges
             flecks = normalise(scene) + rng.normal(0, 0.05, scene.shape)
         scene = scene + speck_crowd(rng, flecks.astype(np.float32), rng.uniform(0.001, 0.015), rng.uniform(0.5, 4.0))
+    if rng.random() < 0.4:
+        scene = scene - cold_pits(rng, height, width) * rng.uniform(1.0, 8.0)
     return scene
+
+
+def cold_pits(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Depth map (>= 0, to subtract) of small ragged pits: puddles, burrows and shadows, scattered or in groups.
+
+    Compact cold spots are common on the ground and rare as targets: a cold blob among many is clutter.
+    """
+    canvas = np.zeros((height, width), dtype=np.float32)
+    groups = rng.uniform(0, 1, size=(int(rng.integers(1, 6)), 2)) * [width, height]
+    spread = rng.uniform(0.05, 0.4) * min(height, width)
+    for _ in range(int(rng.poisson(rng.uniform(5.0, 40.0) * height * width / 256**2))):
+        if rng.random() < 0.5:
+            cx, cy = groups[rng.integers(len(groups))] + rng.normal(0, spread, 2)
+        else:
+            cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        for _ in range(int(rng.integers(1, 3))):  # one or two overlapping lobes make a ragged outline
+            half = rng.uniform(0.7, 4.0)
+            centre_x, centre_y = cx + rng.normal(0, half / 2), cy + rng.normal(0, half / 2)
+            aspect, angle = rng.uniform(0.4, 1.0), rng.uniform(0, np.pi)
+            depth, edge = rng.lognormal(0.0, 0.5), rng.uniform(0.3, 1.5)
+            paint_shape(canvas, centre_x, centre_y, half, half * aspect, angle, depth, edge=edge)
+    return canvas
 
 
 def uniform(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

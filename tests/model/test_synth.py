@@ -21,6 +21,7 @@ from model.synth.backgrounds import (
     FAMILIES,
     HOLDOUT_CLUTTER_KINDS,
     HOLDOUT_FAMILIES,
+    cold_pits,
     lattice,
     long_crests,
     render_background,
@@ -193,6 +194,15 @@ def test_long_crests_run_along_rows_and_crowd_towards_the_top(seed: int) -> None
     along = np.abs(np.diff(field, axis=1))
     assert across.mean() > 1.3 * along.mean(), "crests are longer than they are wide"
     assert across[:32].mean() > across[-32:].mean(), "crests are closer together near the horizon"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cold_pits_are_small_separate_spots(seed: int) -> None:
+    depth = cold_pits(np.random.default_rng(seed), 256, 256)
+    assert depth.min() == 0.0 and depth.max() > 0.5, "a depth map to subtract: never warm"
+    pitted = depth > 0.05
+    assert 0 < pitted.mean() < 0.05, "pits cover a little of the frame"
+    assert pitted.mean(axis=0).max() < 0.25 and pitted.mean(axis=1).max() < 0.25, "small spots, no large patch"
 
 
 def test_lattice_is_a_regular_grid_inside_its_box() -> None:
