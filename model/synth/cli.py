@@ -16,6 +16,21 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def _backgrounds(text: str) -> tuple[tuple[str, float], ...]:
+    """Parse `sea=2,horizon=1` into background-family weights (names are checked against the recipe later)."""
+    weights = []
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        try:
+            weight = float(value) if value else 1.0
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"weight of {name.strip()!r} must be a number, got {value!r}") from None
+        if not name.strip() or not 0 < weight < float("inf"):
+            raise argparse.ArgumentTypeError(f"backgrounds look like sea=2,horizon=1 (positive weights), got {text!r}")
+        weights.append((name.strip(), weight))
+    return tuple(weights)
+
+
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
     """Add `masenet synth`."""
     parser = subparsers.add_parser(
@@ -32,6 +47,13 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     parser.add_argument(
         "--depth", choices=("8", "16", "both"), default=None, help="PNG depth (default 8; both with --holdout)"
     )
+    parser.add_argument(
+        "--backgrounds",
+        type=_backgrounds,
+        default=None,
+        help="background families and relative weights, e.g. sea=2,horizon=1 (default: the recipe's own mix; "
+        "names: the recipe's families)",
+    )
     parser.add_argument("--holdout", action="store_true", help="use the holdout recipe (different construction)")
     parser.add_argument("--video", action="store_true", help="write a labelled video instead of a dataset")
     parser.add_argument("--frames", type=int, default=250, help="video frames (with --video)")
@@ -43,12 +65,19 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
 def _run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from model.synth.backgrounds import FAMILIES, HOLDOUT_FAMILIES
     from model.synth.dataset import SynthConfig, holdout_config, write_dataset, write_video
 
     config = holdout_config() if args.holdout else SynthConfig()
+    recipe = "holdout" if args.holdout else "default"
+    if args.backgrounds is not None:
+        known = HOLDOUT_FAMILIES if args.holdout else FAMILIES
+        unknown = ", ".join(name for name, _ in args.backgrounds if name not in known)
+        if unknown:
+            raise ValueError(f"unknown background {unknown} for the {recipe} recipe; choose from {', '.join(known)}")
+        config = replace(config, background_weights=args.backgrounds)
     if args.size is not None:
         config = replace(config, width=args.size[0], height=args.size[1])
-    recipe = "holdout" if args.holdout else "default"
     size = f"{config.width}x{config.height}"
     started = time.perf_counter()
     if args.video:

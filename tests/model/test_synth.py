@@ -318,3 +318,22 @@ def test_cli_writes_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert (out / "data.yaml").is_file() and len(list((out / "images" / "train").glob("*.png"))) == 2
     with pytest.raises(SystemExit):
         parser.parse_args(["synth", "--out", str(out), "--size", "64by48"])
+
+
+def test_cli_backgrounds_choose_the_families(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    subparsers = parser.add_subparsers(dest="command")
+    synth_cli.register(subparsers, subparsers.add_parser("bench").add_subparsers(dest="bench"))
+    out = tmp_path / "sea"
+    common = ["synth", "--out", str(out), "--train", "4", "--val", "0", "--size", "64x48", "--jobs", "1"]
+    args = parser.parse_args([*common, "--backgrounds", "sea=3,horizon=1"])
+    assert args.backgrounds == (("sea", 3.0), ("horizon", 1.0))
+    assert args.func(args) == 0
+    meta = [json.loads(line) for line in (out / "meta" / "train.jsonl").read_text().splitlines()]
+    assert len(meta) == 4 and {frame["background"] for frame in meta} <= {"sea", "horizon"}
+    with pytest.raises(ValueError, match="unknown background swell for the default recipe; choose from sky"):
+        args = parser.parse_args([*common, "--backgrounds", "sea,swell"])
+        args.func(args)
+    for bad in ("sea=x", "sea=0", "=2", "sea=inf"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*common, "--backgrounds", bad])
