@@ -282,6 +282,7 @@ def write_dataset(
             "width": config.width,
             "height": config.height,
             "depth": depth,
+            "backgrounds": dict(config.background_weights),
             "train": train,
             "val": val,
         },

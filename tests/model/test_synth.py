@@ -331,6 +331,7 @@ def test_cli_backgrounds_choose_the_families(tmp_path: Path) -> None:
     assert args.func(args) == 0
     meta = [json.loads(line) for line in (out / "meta" / "train.jsonl").read_text().splitlines()]
     assert len(meta) == 4 and {frame["background"] for frame in meta} <= {"sea", "horizon"}
+    assert yaml.safe_load((out / "data.yaml").read_text())["synth"]["backgrounds"] == {"sea": 3.0, "horizon": 1.0}
     with pytest.raises(ValueError, match="unknown background swell for the default recipe; choose from sky"):
         args = parser.parse_args([*common, "--backgrounds", "sea,swell"])
         args.func(args)
