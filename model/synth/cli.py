@@ -27,6 +27,8 @@ def _backgrounds(text: str) -> tuple[tuple[str, float], ...]:
             raise argparse.ArgumentTypeError(f"weight of {name.strip()!r} must be a number, got {value!r}") from None
         if not name.strip() or not 0 < weight < float("inf"):
             raise argparse.ArgumentTypeError(f"backgrounds look like sea=2,horizon=1 (positive weights), got {text!r}")
+        if name.strip() in dict(weights):
+            raise argparse.ArgumentTypeError(f"background {name.strip()!r} is listed twice in {text!r}")
         weights.append((name.strip(), weight))
     return tuple(weights)
 

@@ -335,6 +335,6 @@ def test_cli_backgrounds_choose_the_families(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown background swell for the default recipe; choose from sky"):
         args = parser.parse_args([*common, "--backgrounds", "sea,swell"])
         args.func(args)
-    for bad in ("sea=x", "sea=0", "=2", "sea=inf"):
+    for bad in ("sea=x", "sea=0", "=2", "sea=inf", "sea=1,sea=2"):
         with pytest.raises(SystemExit):
             parser.parse_args([*common, "--backgrounds", bad])
