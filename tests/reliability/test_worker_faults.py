@@ -197,10 +197,16 @@ def test_sigkill_mid_video_chunk_retries_the_chunk_and_the_video_finishes(
             )
             assert accepted.status_code == 202, accepted.text
             job_id = accepted.json()["job_id"]
-            running = wait_until(lambda: chunks.get_job_ids(cleanup=False), 60, "a chunk to start")
-            holder = Job.fetch(running[0], connection=redis_client, serializer=JSONSerializer).worker_name
             wait_until(lambda: client.get(f"/jobs/{job_id}").json()["progress"]["frames_done"] > 0, 60, "progress")
-            victim = next(worker for worker in workers if worker.name == holder)
+
+            def running_chunk() -> tuple[WorkerProcess, str] | None:  # read at kill time: chunks end fast
+                for job in Job.fetch_many(chunks.get_job_ids(cleanup=False), redis_client, JSONSerializer):
+                    holder = next((worker for worker in workers if job and worker.name == job.worker_name), None)
+                    if holder:
+                        return holder, job.id
+                return None
+
+            victim, chunk_id = wait_until(running_chunk, 60, "a worker holding a chunk")
             assert victim.process is not None
             victim.process.send_signal(signal.SIGKILL)
             victim.process.wait(timeout=30)
@@ -219,5 +225,5 @@ def test_sigkill_mid_video_chunk_retries_the_chunk_and_the_video_finishes(
     assert final["status"] == "finished", final
     assert final["progress"] == {"frames_done": VIDEO_FRAMES, "frames_total": VIDEO_FRAMES}  # nothing counted twice
     assert [frame["index"] for frame in result.json()["frames"]] == list(range(VIDEO_FRAMES))
-    retried = Job.fetch(running[0], connection=redis_client, serializer=JSONSerializer)
+    retried = Job.fetch(chunk_id, connection=redis_client, serializer=JSONSerializer)
     assert retried.meta.get("retries") == 1 and retried.get_status() == "finished"
