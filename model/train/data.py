@@ -268,20 +268,32 @@ class YoloDataset:
         labels = parse_label_file(label_path_for(image_path), self.config.num_classes)
         return Record(image_path=image_path, width=width, height=height, labels=labels)
 
+    def _meta_files(self) -> list[Path]:
+        """Where true target sizes may be: `meta/<split>.jsonl` under the data root, and under the dataset tree of
+        each image folder (`<tree>/images/<folder>/...` -> `<tree>/meta/<folder>.jsonl`), so a data.yaml that
+        lists folders of several generated datasets still finds each one's sizes."""
+        candidates = {self.config.root / "meta" / f"{self.split}.jsonl": None}
+        for record in self.records:
+            folders = record.image_path.parent.parts
+            if "images" in folders[:-1]:
+                at = len(folders) - 1 - folders[::-1].index("images")
+                candidates[Path(*folders[:at]) / "meta" / f"{folders[at + 1]}.jsonl"] = None
+        return [path for path in candidates if path.is_file()]
+
     def _load_true_sizes(self) -> dict[int, np.ndarray]:
-        """Per image index, true target sizes from meta/<split>.jsonl where present and consistent."""
-        path = self.config.root / "meta" / f"{self.split}.jsonl"
-        if not path.is_file():
-            return {}
+        """Per image index, true target sizes from meta/*.jsonl files where present and consistent."""
         by_image: dict[Path, list] = {}
-        try:
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    entry = json.loads(line)
-                    by_image[(self.config.root / entry["image"]).resolve()] = entry.get("targets", [])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            logger.warning("%s: ignoring target sizes (%s)", path, exc)
-            return {}
+        for path in self._meta_files():
+            tree, found = path.parent.parent, {}
+            try:
+                for line in path.read_text().splitlines():
+                    if line.strip():
+                        entry = json.loads(line)
+                        found[(tree / entry["image"]).resolve()] = entry.get("targets", [])
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                logger.warning("%s: ignoring target sizes (%s)", path, exc)
+                continue
+            by_image.update(found)
         sizes = {}
         for index, record in enumerate(self.records):
             targets = by_image.get(record.image_path.resolve())
@@ -290,7 +302,7 @@ class YoloDataset:
                     sizes[index] = np.array([float(t["extent"]) for t in targets], dtype=np.float64)
                 except (KeyError, TypeError, ValueError):
                     continue
-        logger.debug("%s: true target sizes for %d of %d images", path, len(sizes), len(self.records))
+        logger.debug("true target sizes for %d of %d %s images", len(sizes), len(self.records), self.split)
         return sizes
 
     def target_sizes(self, index: int) -> np.ndarray | None:

@@ -119,6 +119,22 @@ def test_true_sizes_from_meta(squares_dataset: Path) -> None:
     assert dataset.target_sizes(1) is None
 
 
+def test_true_sizes_from_meta_beside_each_listed_tree(squares_dataset: Path, tmp_path: Path) -> None:
+    """A data.yaml elsewhere that lists a generated dataset's folder still reads that dataset's meta/val.jsonl."""
+    root = squares_dataset.parent
+    lines = (root / "labels" / "val" / "val_001.txt").read_text().split("\n")
+    targets = ", ".join('{"extent": 2.5}' for line in lines if line.strip())
+    (root / "meta").mkdir()
+    (root / "meta" / "val.jsonl").write_text(f'{{"image": "images/val/val_001.png", "targets": [{targets}]}}\n')
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(f"path: .\ntrain: {root.name}/images/train\nval: [{root.name}/images/val]\nnames: {{0: target}}\n")
+    dataset = YoloDataset(mix, "val", imgsz=64)
+    assert dataset.target_sizes(0) is None
+    np.testing.assert_allclose(dataset.target_sizes(1), [2.5] * len(dataset.records[1].labels))
+    (root / "meta" / "val.jsonl").write_text("not json\n")
+    assert YoloDataset(mix, "val", imgsz=64).target_sizes(1) is None
+
+
 def test_augmented_items_depend_on_epoch_and_index_only(squares_dataset: Path) -> None:
     dataset = YoloDataset(squares_dataset, "train", imgsz=64, augment=AugmentConfig(mosaic=1.0), seed=3)
     first = dataset[5]
