@@ -318,21 +318,24 @@ def plot_pd_fa_curve(result: dict[str, Any], path: str | Path) -> Path:
     return _save_figure(figure, axes, path, legend="lower right")
 
 
-def plot_losses(rows: list[dict[str, Any]], path: str | Path) -> None:
-    """Training losses per epoch (results.csv rows) and validation mAP / Pd where measured, to a PNG."""
+def plot_losses(rows: list[dict[str, Any]], path: str | Path, steps: list[dict[str, Any]] | None = None) -> None:
+    """Training losses, per logged iteration window (steps.csv rows) when given, else per epoch (results.csv
+    rows), and validation mAP / Pd per epoch where measured, to a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    def column(name: str) -> np.ndarray:
-        return np.array([float(row[name]) if row.get(name) not in (None, "") else np.nan for row in rows])
+    def column(name: str, table: list[dict[str, Any]] = rows) -> np.ndarray:
+        return np.array([float(row[name]) if row.get(name) not in (None, "") else np.nan for row in table])
 
     epochs = column("epoch")
     figure, (losses, scores) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    table, axis = (steps, "iteration") if steps else (rows, "epoch")
+    marker = "." if len(table) < 60 else ""
     for name in ("box", "cls", "dfl"):
-        losses.plot(epochs, column(f"train/{name}"), marker=".", label=name)
-    losses.set(xlabel="epoch", ylabel="loss", title="training losses")
+        losses.plot(column(axis, table), column(f"train/{name}", table), marker=marker, label=name)
+    losses.set(xlabel=axis, ylabel="loss", title="training losses")
     losses.legend()
     for name in ("map50", "map50_95", "pd"):
         values = column(f"val/{name}")

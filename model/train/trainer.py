@@ -8,6 +8,8 @@ One run writes, under `out/`:
     weights/best.safetensors the best EMA weights in float16 through model.checkpoint.save_checkpoint,
                              with provenance (command, dataset, epochs, imgsz, hardware, wall time, metrics)
     results.csv              one row per epoch; losses.png and pr_curve.png
+    steps.csv                mean losses and learning rate every few iterations (at most 50), so a long epoch
+                             or a fine-tune that ends inside its first epoch still shows how the loss moved
 
 Optimiser: "auto" takes AdamW (lr 0.002 * 5 / (4 + nc)) for short runs (under 10,000 iterations) and SGD
 (lr 0.01, Nesterov momentum 0.937) for long ones; weight decay applies to weights of convolutions and linear
@@ -303,6 +305,8 @@ class _Run:
         self.elapsed_before = 0.0
         self.best_result: dict[str, Any] | None = None
         self.rows: list[dict[str, Any]] = []
+        self.steps: list[dict[str, Any]] = []
+        self.log_every = max(1, min(50, self.iterations_per_epoch // 4))
         if resumed is not None:
             self._restore(resumed)
         self.progress = self.progress_start
@@ -322,6 +326,7 @@ class _Run:
         self.progress_start, self.best_fitness = float(state["progress"]), float(state["best_fitness"])
         self.elapsed_before = float(state.get("elapsed", 0.0))
         self.rows = read_results(self.out / "results.csv")
+        self.steps = [row for row in read_results(self.out / "steps.csv") if int(row["iteration"]) <= self.iteration]
         logger.info("resuming %s at epoch %d/%d", self.out, self.start_epoch + 1, self.config.epochs)
 
     def _probe_step_seconds(self) -> float:
@@ -401,13 +406,18 @@ class _Run:
         )
         self.model.train()
         sums, seen, step_seconds = torch.zeros(3), 0, 0.0
+        window, window_seen = torch.zeros(3), 0
         val_batches = math.ceil(len(self.val_set) / self.batch_size)
         description = f"epoch {epoch + 1}/{self.config.epochs}"
         bar = tqdm(loader, desc=description, file=sys.stderr, leave=False, dynamic_ncols=True)
         for batch in bar:
             step_started = time.perf_counter()
-            sums += self._step(batch)
-            seen += 1
+            items = self._step(batch)
+            sums, window = sums + items, window + items
+            seen, window_seen = seen + 1, window_seen + 1
+            if window_seen == self.log_every:
+                self._log_steps(epoch, window / window_seen)
+                window, window_seen = torch.zeros(3), 0
             step_seconds += time.perf_counter() - step_started
             if not self.reserve_measured:  # until a validation is timed: forward-only is about a third of a step
                 self.reserve = 0.5 * step_seconds / seen * val_batches + 5.0
@@ -420,11 +430,22 @@ class _Run:
                 self.stopped_by_time = True
                 break
         bar.close()
+        if window_seen:
+            self._log_steps(epoch, window / window_seen)
         means = (sums / max(seen, 1)).tolist()
         if not all(math.isfinite(value) for value in means):
             raise FloatingPointError(f"loss became non-finite in epoch {epoch + 1}; lower --lr0 or check the labels")
         self.progress = self.current_progress()
         return means
+
+    def _log_steps(self, epoch: int, losses: Tensor) -> None:
+        """Append a steps.csv row: the mean losses of the iterations since the last row."""
+        row: dict[str, Any] = {"iteration": self.iteration, "epoch": epoch + 1}
+        row["lr"] = f"{self.optimizer.param_groups[0]['lr']:.6g}"
+        row.update({f"train/{name}": f"{value:.5f}" for name, value in zip(LOSS_NAMES, losses.tolist(), strict=True)})
+        row["seconds"] = f"{self.elapsed_before + self.elapsed():.1f}"
+        self.steps.append(row)
+        write_results(self.out / "steps.csv", self.steps)
 
     def validate(self) -> dict[str, Any]:
         result = evaluate(self.ema.module, self.val_set, imgsz=self.config.imgsz, batch_size=self.batch_size)
@@ -468,7 +489,7 @@ class _Run:
         if improved or not self.best_path.exists():
             _save(self.best_path, {key: value for key, value in state.items() if key not in ("optimizer", "scaler")})
         write_results(self.out / "results.csv", self.rows)
-        plot_losses(self.rows, self.out / "losses.png")
+        plot_losses(self.rows, self.out / "losses.png", self.steps)
         if self.best_result is not None:
             plot_pr_curve(self.best_result, self.out / "pr_curve.png")
         summary = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k in ("map50", "map50_95", "pd"))

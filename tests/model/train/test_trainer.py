@@ -44,9 +44,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return data, out
 
 
-def _rows(run: Path) -> list[dict[str, str]]:
-    with open(run / "results.csv", newline="") as handle:
+def _rows(run: Path, name: str = "results.csv") -> list[dict[str, str]]:
+    with open(run / name, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def _step_iterations(run: Path) -> list[int]:
+    return [int(row["iteration"]) for row in _rows(run, "steps.csv")]
 
 
 def _total(row: dict[str, str]) -> float:
@@ -64,6 +68,10 @@ def test_training_lowers_the_loss_and_writes_everything(trained: tuple[Path, Pat
         assert (run / name).stat().st_size > 0, name
     state = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=True)
     assert state["epoch"] == EPOCHS and state["config"]["imgsz"] == 64
+    steps = _rows(run, "steps.csv")  # 4 iterations per epoch: a row each
+    assert _step_iterations(run) == list(range(1, state["iteration"] + 1))
+    assert {int(row["epoch"]) for row in steps} == set(range(1, EPOCHS + 1))
+    assert all(float(row["train/cls"]) > 0 and float(row["lr"]) > 0 for row in steps)
     assert {"model", "ema", "optimizer", "best_fitness"} <= set(state)
     meta = read_metadata(run / "weights" / "best.safetensors")
     assert meta.class_names == ["target"] and meta.imgsz == 96 and meta.nc == 1  # --serve-imgsz
@@ -79,12 +87,16 @@ def test_resume_continues_from_last(trained: tuple[Path, Path], tmp_path: Path) 
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     before = torch.load(copy / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    with open(copy / "steps.csv", "a") as handle:  # logged after the last checkpoint, by a run that then died
+        handle.write(f"{before['iteration'] + 1},{EPOCHS + 1},0.001,9,9,9,1.0\n")
     result = train(TrainConfig(data="", out=str(copy), resume=True, epochs=EPOCHS + 1, workers=2))
     assert result.epochs_completed == EPOCHS + 1 and result.out_dir == copy
     after = torch.load(copy / "weights" / "last.pt", map_location="cpu", weights_only=True)
     assert after["epoch"] == EPOCHS + 1 and after["iteration"] > before["iteration"]
     assert after["config"]["data"] == before["config"]["data"] and after["config"]["imgsz"] == 64
     assert len(_rows(copy)) == EPOCHS + 1
+    assert _step_iterations(copy) == list(range(1, after["iteration"] + 1))  # the orphan row was dropped
+    assert float(_rows(copy, "steps.csv")[before["iteration"]]["train/box"]) < 9
     with pytest.raises(Exception, match="already finished"):
         train(TrainConfig(data="", out=str(copy), resume=True, epochs=EPOCHS + 1))
 
@@ -97,6 +109,7 @@ def test_time_limit_stops_cleanly(trained: tuple[Path, Path], tmp_path: Path) ->
     assert result.stopped_by_time and result.epochs_completed == 1
     assert result.exported.is_file() and len(_rows(tmp_path / "t")) == 1
     state = torch.load(tmp_path / "t" / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    assert _step_iterations(tmp_path / "t")[-1] == state["iteration"]  # the cut-short window is logged too
     assert state["config"]["optimizer"] == "adamw"  # "auto" resolved from the timed step, saved for resuming
 
 
