@@ -208,7 +208,7 @@ def overall_metrics(result: dict[str, Any] | None) -> dict[str, float]:
 
 
 def write_results(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Write results.csv rows (one dict per epoch)."""
+    """Write CSV rows (results.csv: one dict per epoch; steps.csv: one per logged iteration window)."""
     if not rows:
         return
     with open(path, "w", newline="") as handle:
@@ -218,7 +218,7 @@ def write_results(path: str | Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a results.csv (none when the file does not exist)."""
+    """The rows of a CSV written by write_results (none when the file does not exist)."""
     path = Path(path)
     if not path.is_file():
         return []
