@@ -221,26 +221,6 @@ def speck_crowd(rng: np.random.Generator, score: np.ndarray, fraction: float, le
     return canvas
 
 
-def glint_field(rng: np.random.Generator, score: np.ndarray, density: float, level: float) -> np.ndarray:
-    """Lone specks at scattered local maxima of `score`: a sparse field of sun glints, `density` per pixel.
-
-    Unlike a crowd's, these specks never touch: each one alone looks like a point target, and only the many
-    alike on the same water say it is a glint. The field favours the highest maxima but draws among them.
-    """
-    canvas = np.zeros(score.shape, dtype=np.float32)
-    neighbourhood = np.lib.stride_tricks.sliding_window_view(np.pad(score, 3, mode="edge"), (7, 7))
-    rows, cols = np.nonzero(score >= neighbourhood.max(axis=(2, 3)))
-    count = min(int(rng.poisson(density * score.size)), len(rows))
-    if count == 0:
-        return canvas
-    pool = np.argsort(score[rows, cols])[::-1][: 3 * count]
-    chosen = rng.choice(pool, size=count, replace=False)
-    stamp = SPECK_STAMPS[str(rng.choice(["dot", "plus", "spot", "pair"]))]
-    levels = (level * rng.lognormal(0.0, 0.35, count)).astype(np.float32)
-    add_specks(canvas, rows[chosen], cols[chosen], levels, stamp)
-    return canvas
-
-
 def lattice(
     rng: np.random.Generator, canvas: np.ndarray, box: tuple[float, float, float, float], angle: float, value: float
 ) -> None:
@@ -302,7 +282,7 @@ def sky(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 
 
 def sea(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Sea with anisotropic waves growing towards the viewer and, often, sun glints: a band, crowds, lone specks."""
+    """Sea with anisotropic waves growing towards the viewer and, often, a band of sun-glint specks."""
     rows = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
     far = spectral_noise(rng, height, width, rng.uniform(1.6, 2.4), rng.uniform(2.5, 7.0), rng.normal(0, 0.1))
     near = spectral_noise(rng, height, width, rng.uniform(2.2, 3.2), rng.uniform(1.5, 3.5), rng.normal(0, 0.2))
@@ -327,9 +307,6 @@ def sea(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
         local = normalise(rollers - gaussian_blur(rollers, rng.uniform(3.0, 10.0)))  # each crest, not the highest
         crests = local + rng.normal(0, rng.uniform(0.05, 0.3), rollers.shape).astype(np.float32)
         scene = scene + speck_crowd(rng, crests, rng.uniform(0.0005, 0.01), rng.uniform(1.0, 10.0))
-    if rng.random() < 0.4:
-        lit = waves + spectral_noise(rng, height, width, rng.uniform(0.0, 1.0)) * rng.uniform(0.1, 0.5)
-        scene = scene + glint_field(rng, lit * (0.3 + rows), rng.uniform(1e-4, 2e-3), rng.uniform(1.0, 8.0))
     return scene
 
 

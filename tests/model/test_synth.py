@@ -22,7 +22,6 @@ from model.synth.backgrounds import (
     HOLDOUT_CLUTTER_KINDS,
     HOLDOUT_FAMILIES,
     cold_pits,
-    glint_field,
     lattice,
     long_crests,
     render_background,
@@ -186,31 +185,6 @@ def test_speck_crowds_fall_where_the_score_is_highest() -> None:
     specks = speck_crowd(rng, score, fraction=0.2, level=3.0)
     assert not specks[:38].any(), "no speck above the high-score region (stamps reach at most 2 px down)"
     assert np.count_nonzero(specks) >= 20 and specks.max() > 1.0
-
-
-def _components(mask: np.ndarray) -> np.ndarray:
-    """8-connected component ids of `mask` (0 outside it), by spreading the highest id until nothing changes."""
-    ids = np.where(mask, np.arange(1, mask.size + 1).reshape(mask.shape), 0)
-    while True:
-        grown = np.lib.stride_tricks.sliding_window_view(np.pad(ids, 1), (3, 3)).max(axis=(2, 3)) * mask
-        if np.array_equal(grown, ids):
-            return ids
-        ids = grown
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_glint_fields_are_lone_specks_on_the_brighter_water(seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    score = rng.standard_normal((96, 128)).astype(np.float32)
-    score[:, 64:] -= 3.0  # the right half is darker water: its local maxima rank below the left half's
-    glints = glint_field(rng, score, density=2e-3, level=4.0)
-    _, sizes = np.unique(_components(glints > 0), return_counts=True)
-    count = len(sizes) - 1  # less the background
-    sizes = sizes[1:]
-    assert 10 <= count <= 45, "about density x area specks (poisson, 2e-3 x 12,288 = 24.6)"
-    assert sizes.max() <= 9, "every speck is one stamp: no two specks merge into a blob"
-    assert np.count_nonzero(glints[:, 66:]) < np.count_nonzero(glints[:, :64]) / 4, "the brightest maxima win"
-    assert glint_field(rng, score, density=0.0, level=4.0).max() == 0.0
 
 
 @pytest.mark.parametrize("seed", range(4))
