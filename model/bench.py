@@ -2,7 +2,7 @@
 
 Eager baseline: the unfused float32 model in eval mode, contiguous input, under `torch.no_grad`, which is
 what a straightforward script does. Optimised: the same weights through `Detector` (BatchNorm folded,
-`torch.inference_mode`, the device's preferred memory format, float16 on CUDA, optionally torch.compile).
+`torch.inference_mode`, the device's preferred memory format, bfloat16 with `half`, optionally torch.compile).
 Both time the network forward only, on random input of the given size; warm-up iterations are excluded
 and the median of the timed iterations is reported. The two paths alternate iteration by iteration, so a
 busy machine slows both alike instead of skewing the ratio.
@@ -89,7 +89,7 @@ def bench_model(
     sizes: Sequence[tuple[int, int]] = ((640, 512), (320, 256)),
     iters: int = 10,
     warmup: int = 2,
-    half: bool | None = None,
+    half: bool = False,
     compile: bool = False,
     channels_last: bool = True,
     progress: Callable[[str], None] | None = None,

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     bench.add_argument("--iters", type=int, default=10, help="timed iterations per measurement (median reported)")
     bench.add_argument("--warmup", type=int, default=2, help="untimed warm-up iterations per measurement")
     bench.add_argument(
-        "--half", action=argparse.BooleanOptionalAction, default=None, help="float16 optimised path (default: on CUDA)"
+        "--half", action=argparse.BooleanOptionalAction, default=False, help="bfloat16 optimised path (default off)"
     )
     bench.add_argument(
         "--channels-last",

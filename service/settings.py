@@ -28,7 +28,7 @@ class Settings(BaseSettings):
 
     device: str = Field("auto", description="worker device: auto (CUDA if present), cpu, cuda, cuda:N")
     weights: Path | None = Field(None, description="checkpoint path; unset means the shipped default weights")
-    half: bool | None = Field(None, description="fp16 inference; unset means on for CUDA, off for CPU")
+    half: bool = Field(False, description="bfloat16 inference; off means float32 on every device (see model.detector)")
     compile: bool = Field(False, description="torch.compile the network in the worker")
     imgsz: int | None = Field(
         None, ge=32, le=2048, multiple_of=32, description="default inference size (pixels); unset: the checkpoint's"

@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
         "--bf16",
         action="store_true",
         help="on a CPU: bfloat16 mixed precision and channels-last memory (faster on CPUs with AVX-512 BF16 or "
-        "AMX); CUDA always trains in float16 mixed precision",
+        "AMX); CUDA always trains in mixed precision (bfloat16, or float16 on GPUs without it)",
     )
     train.add_argument(
         "--cls-target",

@@ -15,9 +15,13 @@ Optimiser: "auto" takes AdamW (lr 0.002 * 5 / (4 + nc)) for short runs (under 10
 (lr 0.01, Nesterov momentum 0.937) for long ones; weight decay applies to weights of convolutions and linear
 layers only. With a time limit, the iterations a run can do are estimated from one timed training step
 before it starts (the smaller of that and epochs * iterations per epoch); "auto", the warm-up cap and the
-EMA ramp use that estimate, and the choice is saved with the config so a resumed run keeps it. Mixed
-precision: float16 on CUDA always; bfloat16 with channels-last memory on a CPU with `bf16=True` (faster where
-the CPU has AVX-512 BF16 or AMX; the master weights, loss and optimiser stay float32).
+EMA ramp use that estimate, and the choice is saved with the config so a resumed run keeps it.
+
+Mixed precision: always on CUDA, in bfloat16; float16 with loss scaling only on GPUs without bfloat16.
+float16 does not fit the shipped weights: their pre-BatchNorm activations in the head reach about 1.4e7
+(float16 stops at 65,504), and fine-tuning them in float16 gave a NaN loss at the first step on an H200. On
+a CPU, `bf16=True` gives bfloat16 with channels-last memory (faster where the CPU has AVX-512 BF16 or AMX).
+The master weights, loss and optimiser stay float32.
 Gradients clipped to norm 10; an EMA of the weights is what gets validated and exported.
 
 Learning rate: a linear warm-up (warmup_epochs, at least 20 iterations, at most 10% of the planned iterations
@@ -94,7 +98,7 @@ class TrainConfig:
     max_grad_norm: float = 10.0
     cache: bool | None = None
     threads: int | None = None  # torch CPU threads; None keeps torch's default (one per core)
-    bf16: bool = False  # CPU only: bfloat16 autocast and channels-last memory
+    bf16: bool = False  # CPU only: bfloat16 autocast and channels-last memory (CUDA always autocasts)
     cls_target: str = "iou"  # class target of a positive: "iou" (box quality) or "presence" (see assigner.py)
     command: str = field(default_factory=lambda: " ".join(["masenet", *sys.argv[1:]]))
 
@@ -177,6 +181,13 @@ def lr_factor(progress: float, iteration: int, warmup_iterations: int, lrf: floa
     if warmup_iterations <= 0:
         return cosine
     return cosine * min(1.0, max((iteration + 1) / warmup_iterations, progress / WARMUP_PROGRESS))
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 (float32's range); float16, with loss scaling, only on CUDA GPUs without bfloat16."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.float16
+    return torch.bfloat16
 
 
 def _hardware(device: torch.device) -> str:
@@ -273,8 +284,8 @@ class _Run:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
-        self.use_amp = self.device.type == "cuda"
         self.cpu_bf16 = config.bf16 and self.device.type == "cpu"
+        self.amp_dtype = _amp_dtype(self.device) if self.device.type == "cuda" or self.cpu_bf16 else None
         self.memory_format = torch.channels_last if self.cpu_bf16 else torch.contiguous_format
         if self.cpu_bf16 and not _cpu_has_native_bf16():
             logger.warning("this CPU has neither AVX-512 BF16 nor AMX: bfloat16 is emulated and slower than float32")
@@ -300,7 +311,7 @@ class _Run:
         self.warmup_iterations = min(warmup, expected // 10)
         self.optimizer = build_optimizer(self.model, config, expected, nc)
         self.ema = ModelEMA(self.model, config.ema_decay, tau=float(min(2000, max(10, expected // 5))))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.start_epoch, self.iteration, self.progress_start, self.best_fitness = 0, 0, 0.0, -1.0
         self.elapsed_before = 0.0
         self.best_result: dict[str, Any] | None = None
@@ -320,7 +331,7 @@ class _Run:
         self.ema.module.load_state_dict(state["ema"])
         self.ema.updates, self.ema.tau = int(state["ema_updates"]), float(state.get("ema_tau", self.ema.tau))
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.use_amp and state.get("scaler"):
+        if self.scaler.is_enabled() and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
         self.progress_start, self.best_fitness = float(state["progress"]), float(state["best_fitness"])
@@ -361,9 +372,8 @@ class _Run:
         return images.contiguous(memory_format=self.memory_format)
 
     def _autocast(self) -> torch.autocast:
-        if self.cpu_bf16:
-            return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
-        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp)
+        dtype, enabled = self.amp_dtype or torch.bfloat16, self.amp_dtype is not None
+        return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=enabled)
 
     def _step(self, batch: dict[str, Any]) -> Tensor:
         """One optimiser step; returns the detached (3,) loss items."""
@@ -459,7 +469,7 @@ class _Run:
             "ema_updates": self.ema.updates,
             "ema_tau": self.ema.tau,
             "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.use_amp else {},
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "epoch": epoch + 1,
             "iteration": self.iteration,
             "progress": float(self.progress),

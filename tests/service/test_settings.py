@@ -28,14 +28,14 @@ def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("MASENET_REDIS_URL", "redis://:secret@redis:6380/2")
     monkeypatch.setenv("MASENET_API_KEYS", " key-one, key-two ,,")
     monkeypatch.setenv("MASENET_MAX_BATCH", "16")
-    monkeypatch.setenv("MASENET_HALF", "false")
+    monkeypatch.setenv("MASENET_HALF", "true")
     monkeypatch.setenv("MASENET_QUEUE_PREFIX", "edge")
     monkeypatch.setenv("MASENET_TIMEOUT_S", "2.5")
     settings = Settings()
     assert settings.api_keys == ("key-one", "key-two")
     assert settings.auth_enabled
     assert settings.effective_max_batch(on_gpu=False) == 16
-    assert settings.half is False
+    assert settings.half is True
     assert settings.timeout_s == 2.5
     assert settings.image_queue == "edge:images"
     assert settings.worker_key("w1") == "edge:workers:w1"
