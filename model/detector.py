@@ -13,8 +13,9 @@ float32 is the default on CUDA too. A few activations in the head of the shipped
 largest value (65,504; up to about 5e6 on synthetic frames), so float16 turns some outputs into inf and NaN
 (0.43% of the raw outputs of a batch of 8 at 960x960 on an H200). bfloat16 keeps float32's range but not
 its precision: on the same GPU, 14 detections of 129 at confidence 0.25 came or went against float32 and
-scores moved by up to 0.08, and it was no faster for masenet-n (45 ms against 31 ms a batch). `half=True`
-is there for larger scales and other weights.
+scores moved by up to 0.08, and it was no faster for masenet-n (45 ms against 31 ms a batch; one
+measurement of 20 forwards, with a small training run sharing the GPU). `half=True` is there for larger
+scales and other weights.
 
 Channels-last is the default on every device. On CUDA it is what tensor-core convolutions want. On
 the CPU (oneDNN) it was measured on masenet-n, batch 8 at 320x256: with BN folded, NCHW gains only about
