@@ -53,6 +53,14 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
         help="class target of a matched anchor: its box IoU (default, as in YOLOv8 and later) or 1 for the best "
         "anchor of each target (presence: scores say only whether a target is there)",
     )
+    train.add_argument(
+        "--freeze",
+        nargs="+",
+        default=[],
+        metavar="MODULE",
+        help="module paths whose weights stay as loaded, e.g. backbone neck head.masem head.fusions "
+        "head.box_branches to train only the class branches of --weights",
+    )
     train.set_defaults(func=_train)
 
     val = subparsers.add_parser("val", help="evaluate weights on a dataset split (mAP, P, R, Pd, Fa)")
@@ -109,6 +117,7 @@ def _train(args: argparse.Namespace) -> int:
         threads=args.threads,
         bf16=args.bf16,
         cls_target=args.cls_target,
+        freeze=tuple(args.freeze),
     )
     result = train(config)
     metrics = ", ".join(f"{key} {value:.4f}" for key, value in result.metrics.items() if not math.isnan(value))

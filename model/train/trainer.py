@@ -22,6 +22,9 @@ float16 does not fit the shipped weights: their pre-BatchNorm activations in the
 (float16 stops at 65,504), and fine-tuning them in float16 gave a NaN loss at the first step on an H200. On
 a CPU, `bf16=True` gives bfloat16 with channels-last memory (faster where the CPU has AVX-512 BF16 or AMX).
 The master weights, loss and optimiser stay float32.
+Freezing: `freeze` names module paths ("backbone", "neck", "head.box_branches", ...) whose weights and BatchNorm
+statistics stay as loaded, e.g. to fine-tune only the class branches on a small dataset; a frozen part costs
+only its forward pass.
 Gradients clipped to norm 10; an EMA of the weights is what gets validated and exported.
 
 Learning rate: a linear warm-up (warmup_epochs, at least 20 iterations, at most 10% of the planned iterations
@@ -47,6 +50,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +104,7 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; None keeps torch's default (one per core)
     bf16: bool = False  # CPU only: bfloat16 autocast and channels-last memory (CUDA always autocasts)
     cls_target: str = "iou"  # class target of a positive: "iou" (box quality) or "presence" (see assigner.py)
+    freeze: tuple[str, ...] = ()  # parameter-name prefixes kept fixed, e.g. ("backbone", "neck"); see freeze()
     command: str = field(default_factory=lambda: " ".join(["masenet", *sys.argv[1:]]))
 
 
@@ -144,6 +149,40 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             is_weight = name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear))
             (decayed if is_weight else plain).append(parameter)
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def freeze(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
+    """Stop the gradients of every parameter whose name is or lies under one of `prefixes` (module paths such
+    as "backbone" or "head.box_branches"); returns the names of the modules whose BatchNorm layers stay in eval
+    mode (`train_mode`), so a frozen part keeps its running statistics as well as its weights."""
+    names = [name for name, _ in model.named_parameters()]
+
+    def covered(name: str) -> bool:
+        return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+    for prefix in prefixes:
+        if not any(covered_name == prefix or covered_name.startswith(prefix + ".") for covered_name in names):
+            tops = sorted({name.split(".")[0] for name in names})
+            raise ValueError(f"--freeze {prefix!r} names no parameters; use module paths such as {', '.join(tops)}")
+    if all(covered(name) for name in names):
+        raise ValueError(f"--freeze {' '.join(prefixes)} leaves nothing to train")
+    for name, parameter in model.named_parameters():
+        if covered(name):
+            parameter.requires_grad_(False)
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and covered(name)
+    ]
+
+
+def train_mode(model: nn.Module, frozen_norms: Sequence[str]) -> nn.Module:
+    """`model.train()`, except the BatchNorm layers named in `frozen_norms`, which stay in eval mode."""
+    model.train()
+    modules = dict(model.named_modules())
+    for name in frozen_norms:
+        modules[name].eval()
+    return model
 
 
 def auto_optimizer(expected_iterations: int) -> str:
@@ -299,7 +338,17 @@ class _Run:
         self.time_budget = config.time_limit * 60.0 if config.time_limit else None
 
         nc = self.train_set.num_classes
-        self.model = _initial_model(config, nc).to(self.device, memory_format=self.memory_format).train()
+        self.model = _initial_model(config, nc).to(self.device, memory_format=self.memory_format)
+        self.frozen_norms = freeze(self.model, config.freeze)
+        train_mode(self.model, self.frozen_norms)
+        if config.freeze:
+            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            logger.info(
+                "training %d of %d parameters (frozen: %s)",
+                trainable,
+                sum(p.numel() for p in self.model.parameters()),
+                ", ".join(config.freeze),
+            )
         assigner = TaskAlignedAssigner(nc, score_target=config.cls_target)
         self.criterion = DetectionLoss(nc, strides=self.model.strides, reg_max=self.model.reg_max, assigner=assigner)
         expected = self.planned_iterations
@@ -414,7 +463,7 @@ class _Run:
             generator=torch.Generator().manual_seed(self.config.seed * 1000 + epoch),
             pin_memory=self.device.type == "cuda",
         )
-        self.model.train()
+        train_mode(self.model, self.frozen_norms)
         sums, seen, step_seconds = torch.zeros(3), 0, 0.0
         window, window_seen = torch.zeros(3), 0
         val_batches = math.ceil(len(self.val_set) / self.batch_size)

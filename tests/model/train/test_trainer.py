@@ -194,3 +194,25 @@ def test_bf16_on_cpu_trains_with_float32_master_weights(trained: tuple[Path, Pat
     assert state["config"]["bf16"] is True
     assert all(tensor.dtype == torch.float32 for tensor in state["model"].values() if tensor.is_floating_point())
     assert read_metadata(result.exported).nc == 1
+
+
+def test_freeze_trains_only_the_named_rest(trained: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    from model.checkpoint import load_checkpoint
+
+    data, run = trained
+    source = run / "weights" / "best.safetensors"
+    frozen = ("backbone", "neck", "head.masem", "head.fusions", "head.box_branches")
+    args = ["train", "--data", str(data), "--imgsz", "64", "--epochs", "2", "--batch", "4", "--workers", "0"]
+    assert main([*args, "--weights", str(source), "--freeze", *frozen, "--out", str(tmp_path / "f")]) == 0
+    before = load_checkpoint(source, device="cpu")[0].float().state_dict()
+    state = torch.load(tmp_path / "f" / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    assert tuple(state["config"]["freeze"]) == frozen  # a resumed run keeps them frozen
+    # the frozen part's weights and BatchNorm statistics stay as loaded (the EMA of a constant, up to rounding)
+    for key, same in (("model", torch.equal), ("ema", lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-7))):
+        after = state[key]
+        assert all(same(after[name], before[name]) for name in before if name.startswith(frozen))
+        changed = [name for name in before if ".cls_branches." in name and not torch.equal(after[name], before[name])]
+        assert any(name.endswith(".weight") for name in changed) and any("running_mean" in name for name in changed)
+
+    assert main([*args, "--weights", str(source), "--freeze", "head.nowhere", "--out", str(tmp_path / "g")]) == 1
+    assert "--freeze 'head.nowhere' names no parameters" in capsys.readouterr().err
