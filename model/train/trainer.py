@@ -104,7 +104,7 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; None keeps torch's default (one per core)
     bf16: bool = False  # CPU only: bfloat16 autocast and channels-last memory (CUDA always autocasts)
     cls_target: str = "iou"  # class target of a positive: "iou" (box quality) or "presence" (see assigner.py)
-    freeze: tuple[str, ...] = ()  # parameter-name prefixes kept fixed, e.g. ("backbone", "neck"); see freeze()
+    freeze: tuple[str, ...] = ()  # module paths kept as loaded, e.g. ("backbone", "neck"); see freeze()
     command: str = field(default_factory=lambda: " ".join(["masenet", *sys.argv[1:]]))
 
 
@@ -157,11 +157,14 @@ def freeze(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
     mode (`train_mode`), so a frozen part keeps its running statistics as well as its weights."""
     names = [name for name, _ in model.named_parameters()]
 
+    def under(name: str, prefix: str) -> bool:
+        return name == prefix or name.startswith(prefix + ".")
+
     def covered(name: str) -> bool:
-        return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+        return any(under(name, prefix) for prefix in prefixes)
 
     for prefix in prefixes:
-        if not any(covered_name == prefix or covered_name.startswith(prefix + ".") for covered_name in names):
+        if not any(under(name, prefix) for name in names):
             tops = sorted({name.split(".")[0] for name in names})
             raise ValueError(f"--freeze {prefix!r} names no parameters; use module paths such as {', '.join(tops)}")
     if all(covered(name) for name in names):
