@@ -167,11 +167,11 @@ def freeze(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
         if not any(under(name, prefix) for name in names):
             tops = sorted({name.split(".")[0] for name in names})
             raise ValueError(f"--freeze {prefix!r} names no parameters; use module paths such as {', '.join(tops)}")
-    if all(covered(name) for name in names):
-        raise ValueError(f"--freeze {' '.join(prefixes)} leaves nothing to train")
     for name, parameter in model.named_parameters():
         if covered(name):
             parameter.requires_grad_(False)
+    if prefixes and not any(parameter.requires_grad for parameter in model.parameters()):
+        raise ValueError(f"--freeze {' '.join(prefixes)} leaves nothing to train")
     return [
         name
         for name, module in model.named_modules()

@@ -216,3 +216,6 @@ def test_freeze_trains_only_the_named_rest(trained: tuple[Path, Path], tmp_path:
 
     assert main([*args, "--weights", str(source), "--freeze", "head.nowhere", "--out", str(tmp_path / "g")]) == 1
     assert "--freeze 'head.nowhere' names no parameters" in capsys.readouterr().err
+    everything = [*frozen, "head.cls_branches"]  # head.dfl_bins is left out, but it never trains
+    assert main([*args, "--weights", str(source), "--freeze", *everything, "--out", str(tmp_path / "h")]) == 1
+    assert "leaves nothing to train" in capsys.readouterr().err
