@@ -33,6 +33,17 @@ def _backgrounds(text: str) -> tuple[tuple[str, float], ...]:
     return tuple(weights)
 
 
+def _range(text: str) -> tuple[float, float]:
+    """Parse `4,12` into a (low, high) pair; zero is allowed here, the config rejects it where it means nothing."""
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a range looks like 4,12 (low,high), got {text!r}") from None
+    if not 0 <= low <= high < float("inf"):
+        raise argparse.ArgumentTypeError(f"a range needs 0 <= low <= high, got {text!r}")
+    return low, high
+
+
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
     """Add `masenet synth`."""
     parser = subparsers.add_parser(
@@ -56,6 +67,21 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
         help="background families and relative weights, e.g. sea=2,horizon=1 (default: the recipe's own mix; "
         "names: the recipe's families)",
     )
+    parser.add_argument(
+        "--targets",
+        type=_range,
+        default=None,
+        help="targets per frame, MIN,MAX (default 0,6 with a few empty frames; 1,4 holdout)",
+    )
+    parser.add_argument(
+        "--target-size",
+        type=_range,
+        default=None,
+        help="visible target extent in pixels, MIN,MAX (default: the recipe's, 1,12; 1.5,9 holdout)",
+    )
+    parser.add_argument(
+        "--snr", type=_range, default=None, help="target SNR, MIN,MAX (default: the recipe's, 2,15; 4,12 holdout)"
+    )
     parser.add_argument("--holdout", action="store_true", help="use the holdout recipe (different construction)")
     parser.add_argument("--video", action="store_true", help="write a labelled video instead of a dataset")
     parser.add_argument("--frames", type=int, default=250, help="video frames (with --video)")
@@ -78,6 +104,15 @@ def _run(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"unknown background {unknown} for the {recipe} recipe; choose from {', '.join(known)}")
         config = replace(config, background_weights=args.backgrounds)
+    if args.targets is not None:
+        low, high = args.targets
+        if low != int(low) or high != int(high):
+            raise ValueError(f"--targets takes whole numbers, e.g. 1,4; got {low:g},{high:g}")
+        config = replace(config, min_targets=int(low), max_targets=int(high))
+    if args.target_size is not None:
+        config = replace(config, size_range=args.target_size)
+    if args.snr is not None:
+        config = replace(config, snr_range=args.snr)
     if args.size is not None:
         config = replace(config, width=args.size[0], height=args.size[1])
     size = f"{config.width}x{config.height}"

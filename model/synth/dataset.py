@@ -101,8 +101,8 @@ class SynthConfig:
         for name, _ in self.target_weights:
             if name not in DEFAULT_KINDS + HOLDOUT_KINDS:
                 raise ValueError(f"unknown target kind {name!r}")
-        if self.size_range[0] <= 0 or self.snr_range[0] <= 0:
-            raise ValueError("size_range and snr_range must be positive")
+        if not (0 < self.size_range[0] <= self.size_range[1] and 0 < self.snr_range[0] <= self.snr_range[1]):
+            raise ValueError("size_range and snr_range must be positive (low, high) pairs")
 
 
 def holdout_config(width: int = 640, height: int = 512) -> SynthConfig:
@@ -283,6 +283,9 @@ def write_dataset(
             "height": config.height,
             "depth": depth,
             "backgrounds": dict(config.background_weights),
+            "targets": [config.min_targets, config.max_targets],
+            "target_size": list(config.size_range),
+            "snr": list(config.snr_range),
             "train": train,
             "val": val,
         },

@@ -338,3 +338,28 @@ def test_cli_backgrounds_choose_the_families(tmp_path: Path) -> None:
     for bad in ("sea=x", "sea=0", "=2", "sea=inf", "sea=1,sea=2"):
         with pytest.raises(SystemExit):
             parser.parse_args([*common, "--backgrounds", bad])
+
+
+def test_cli_shapes_the_targets(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    subparsers = parser.add_subparsers(dest="command")
+    synth_cli.register(subparsers, subparsers.add_parser("bench").add_subparsers(dest="bench"))
+    out = tmp_path / "shaped"
+    common = ["synth", "--out", str(out), "--train", "6", "--val", "0", "--size", "96x80", "--jobs", "1"]
+    args = parser.parse_args([*common, "--targets", "2,3", "--target-size", "2,4", "--snr", "5,6"])
+    assert args.func(args) == 0
+    meta = [json.loads(line) for line in (out / "meta" / "train.jsonl").read_text().splitlines()]
+    assert len(meta) == 6 and all(2 <= len(frame["targets"]) <= 3 for frame in meta)
+    extents = [target["extent"] for frame in meta for target in frame["targets"]]
+    assert min(extents) > 1.5 and max(extents) < 4.5  # drawn in 2..4 px; elongated shapes stretch a little
+    synth = yaml.safe_load((out / "data.yaml").read_text())["synth"]
+    assert (synth["targets"], synth["target_size"], synth["snr"]) == ([2, 3], [2.0, 4.0], [5.0, 6.0])
+    with pytest.raises(ValueError, match="whole numbers"):
+        args = parser.parse_args([*common, "--targets", "1.5,3"])
+        args.func(args)
+    with pytest.raises(ValueError, match="must be positive"):
+        args = parser.parse_args([*common, "--snr", "0,3"])
+        args.func(args)
+    for bad in ("4,3", "4", "a,b", "-1,2"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*common, "--snr", bad])
