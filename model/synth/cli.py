@@ -34,7 +34,7 @@ def _backgrounds(text: str) -> tuple[tuple[str, float], ...]:
 
 
 def _range(text: str) -> tuple[float, float]:
-    """Parse `4,12` into a (low, high) pair; zero is allowed here, the config rejects it where it means nothing."""
+    """Parse `4,12` into a (low, high) pair; zero is allowed here (no targets), `_run` rejects it for sizes and SNR."""
     try:
         low, high = (float(part) for part in text.split(","))
     except ValueError:
@@ -109,6 +109,9 @@ def _run(args: argparse.Namespace) -> int:
         if low != int(low) or high != int(high):
             raise ValueError(f"--targets takes whole numbers, e.g. 1,4; got {low:g},{high:g}")
         config = replace(config, min_targets=int(low), max_targets=int(high))
+    for flag, value in (("--target-size", args.target_size), ("--snr", args.snr)):
+        if value is not None and value[0] == 0:
+            raise ValueError(f"{flag} needs values above 0, e.g. 4,12; got {value[0]:g},{value[1]:g}")
     if args.target_size is not None:
         config = replace(config, size_range=args.target_size)
     if args.snr is not None:

@@ -320,10 +320,15 @@ def test_cli_writes_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         parser.parse_args(["synth", "--out", str(out), "--size", "64by48"])
 
 
-def test_cli_backgrounds_choose_the_families(tmp_path: Path) -> None:
+def _synth_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     subparsers = parser.add_subparsers(dest="command")
     synth_cli.register(subparsers, subparsers.add_parser("bench").add_subparsers(dest="bench"))
+    return parser
+
+
+def test_cli_backgrounds_choose_the_families(tmp_path: Path) -> None:
+    parser = _synth_parser()
     out = tmp_path / "sea"
     common = ["synth", "--out", str(out), "--train", "4", "--val", "0", "--size", "64x48", "--jobs", "1"]
     args = parser.parse_args([*common, "--backgrounds", "sea=3,horizon=1"])
@@ -341,9 +346,7 @@ def test_cli_backgrounds_choose_the_families(tmp_path: Path) -> None:
 
 
 def test_cli_shapes_the_targets(tmp_path: Path) -> None:
-    parser = argparse.ArgumentParser()
-    subparsers = parser.add_subparsers(dest="command")
-    synth_cli.register(subparsers, subparsers.add_parser("bench").add_subparsers(dest="bench"))
+    parser = _synth_parser()
     out = tmp_path / "shaped"
     common = ["synth", "--out", str(out), "--train", "6", "--val", "0", "--size", "96x80", "--jobs", "1"]
     args = parser.parse_args([*common, "--targets", "2,3", "--target-size", "2,4", "--snr", "5,6"])
@@ -357,7 +360,7 @@ def test_cli_shapes_the_targets(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="whole numbers"):
         args = parser.parse_args([*common, "--targets", "1.5,3"])
         args.func(args)
-    with pytest.raises(ValueError, match="must be positive"):
+    with pytest.raises(ValueError, match="--snr needs values above 0"):
         args = parser.parse_args([*common, "--snr", "0,3"])
         args.func(args)
     for bad in ("4,3", "4", "a,b", "-1,2"):
