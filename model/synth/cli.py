@@ -33,15 +33,31 @@ def _backgrounds(text: str) -> tuple[tuple[str, float], ...]:
     return tuple(weights)
 
 
-def _range(text: str) -> tuple[float, float]:
-    """Parse `4,12` into a (low, high) pair; zero is allowed here (no targets), `_run` rejects it for sizes and SNR."""
+def _pair(text: str) -> tuple[float, float]:
+    """Parse `4,12` into a finite (low, high) pair with low <= high."""
     try:
         low, high = (float(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"a range looks like 4,12 (low,high), got {text!r}") from None
-    if not 0 <= low <= high < float("inf"):
-        raise argparse.ArgumentTypeError(f"a range needs 0 <= low <= high, got {text!r}")
+    if not low <= high < float("inf"):
+        raise argparse.ArgumentTypeError(f"a range needs low <= high, got {text!r}")
     return low, high
+
+
+def _range(text: str) -> tuple[float, float]:
+    """A range of sizes or SNRs: both ends above 0."""
+    low, high = _pair(text)
+    if low <= 0:
+        raise argparse.ArgumentTypeError(f"needs values above 0, e.g. 4,12; got {text!r}")
+    return low, high
+
+
+def _counts(text: str) -> tuple[int, int]:
+    """A range of counts: whole numbers from 0."""
+    low, high = _pair(text)
+    if low < 0 or low != int(low) or high != int(high):
+        raise argparse.ArgumentTypeError(f"needs whole numbers from 0, e.g. 1,4; got {text!r}")
+    return int(low), int(high)
 
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
@@ -69,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     )
     parser.add_argument(
         "--targets",
-        type=_range,
+        type=_counts,
         default=None,
         help="targets per frame, MIN,MAX (default 0,6 with a few empty frames; 1,4 holdout)",
     )
@@ -105,13 +121,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown background {unknown} for the {recipe} recipe; choose from {', '.join(known)}")
         config = replace(config, background_weights=args.backgrounds)
     if args.targets is not None:
-        low, high = args.targets
-        if low != int(low) or high != int(high):
-            raise ValueError(f"--targets takes whole numbers, e.g. 1,4; got {low:g},{high:g}")
-        config = replace(config, min_targets=int(low), max_targets=int(high))
-    for flag, value in (("--target-size", args.target_size), ("--snr", args.snr)):
-        if value is not None and value[0] == 0:
-            raise ValueError(f"{flag} needs values above 0, e.g. 4,12; got {value[0]:g},{value[1]:g}")
+        config = replace(config, min_targets=args.targets[0], max_targets=args.targets[1])
     if args.target_size is not None:
         config = replace(config, size_range=args.target_size)
     if args.snr is not None:

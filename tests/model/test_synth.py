@@ -345,7 +345,7 @@ def test_cli_backgrounds_choose_the_families(tmp_path: Path) -> None:
             parser.parse_args([*common, "--backgrounds", bad])
 
 
-def test_cli_shapes_the_targets(tmp_path: Path) -> None:
+def test_cli_shapes_the_targets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser = _synth_parser()
     out = tmp_path / "shaped"
     common = ["synth", "--out", str(out), "--train", "6", "--val", "0", "--size", "96x80", "--jobs", "1"]
@@ -357,12 +357,15 @@ def test_cli_shapes_the_targets(tmp_path: Path) -> None:
     assert min(extents) > 1.5 and max(extents) < 4.5  # drawn in 2..4 px; elongated shapes stretch a little
     synth = yaml.safe_load((out / "data.yaml").read_text())["synth"]
     assert (synth["targets"], synth["target_size"], synth["snr"]) == ([2, 3], [2.0, 4.0], [5.0, 6.0])
-    with pytest.raises(ValueError, match="whole numbers"):
-        args = parser.parse_args([*common, "--targets", "1.5,3"])
-        args.func(args)
-    with pytest.raises(ValueError, match="--snr needs values above 0"):
-        args = parser.parse_args([*common, "--snr", "0,3"])
-        args.func(args)
-    for bad in ("4,3", "4", "a,b", "-1,2"):
+    for flag, bad, message in (
+        ("--targets", "1.5,3", "needs whole numbers from 0"),
+        ("--targets", "-1,2", "needs whole numbers from 0"),
+        ("--snr", "0,3", "needs values above 0"),
+        ("--target-size", "4,3", "needs low <= high"),
+        ("--snr", "4", "looks like 4,12"),
+        ("--snr", "a,b", "looks like 4,12"),
+        ("--snr", "4,inf", "needs low <= high"),
+    ):
         with pytest.raises(SystemExit):
-            parser.parse_args([*common, "--snr", bad])
+            parser.parse_args([*common, f"{flag}={bad}"])  # "=" lets "-1,2" through as a value
+        assert f"argument {flag}: " in (err := capsys.readouterr().err) and message in err
