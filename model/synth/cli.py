@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 
@@ -39,7 +40,9 @@ def _pair(text: str) -> tuple[float, float]:
         low, high = (float(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"a range looks like 4,12 (low,high), got {text!r}") from None
-    if not low <= high < float("inf"):
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise argparse.ArgumentTypeError(f"a range needs finite values, got {text!r}")
+    if low > high:
         raise argparse.ArgumentTypeError(f"a range needs low <= high, got {text!r}")
     return low, high
 

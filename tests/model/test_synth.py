@@ -364,7 +364,8 @@ def test_cli_shapes_the_targets(tmp_path: Path, capsys: pytest.CaptureFixture[st
         ("--target-size", "4,3", "needs low <= high"),
         ("--snr", "4", "looks like 4,12"),
         ("--snr", "a,b", "looks like 4,12"),
-        ("--snr", "4,inf", "needs low <= high"),
+        ("--snr", "4,inf", "needs finite values"),
+        ("--snr", "nan,4", "needs finite values"),
     ):
         with pytest.raises(SystemExit):
             parser.parse_args([*common, f"{flag}={bad}"])  # "=" lets "-1,2" through as a value
