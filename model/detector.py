@@ -22,6 +22,11 @@ the CPU (oneDNN) it was measured on masenet-n, batch 8 at 320x256: with BN folde
 5-7% over the plain model, NHWC about 25-35%; the depthwise and 1x1 convolutions, which dominate this
 network, are each faster in NHWC, so no per-layer layout switching is needed. `masenet bench model
 --no-channels-last` repeats the comparison on other hardware.
+
+`tta=True` (test-time augmentation) runs each frame together with its left-right mirror and averages the
+two raw head maps anchor by anchor before decoding, so one set of boxes comes out and a frame and its mirror
+get mirrored detections. It costs one more image per frame in the forward pass. For the shipped weights it
+raises detection at a given false-alarm rate (MODEL_CARD.md, "Mirror averaging").
 """
 
 from __future__ import annotations
@@ -39,7 +44,15 @@ from torch import Tensor
 from model.checkpoint import default_weights_path, file_sha256, load_checkpoint
 from model.imaging import to_rgb8
 from model.masenet import MASENet
-from model.ops import LetterboxParams, decode_levels, letterbox, non_max_suppression, scale_boxes
+from model.ops import (
+    LetterboxParams,
+    decode_levels,
+    letterbox,
+    merge_mirrored,
+    mirror_batch,
+    non_max_suppression,
+    scale_boxes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +93,7 @@ class Detector:
         model: MASENet | None = None,
         class_names: list[str] | None = None,
         imgsz: int | None = None,
+        tta: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         weights_sha256 = None
@@ -99,6 +113,7 @@ class Detector:
         self.half = bool(half)
         self.dtype = torch.bfloat16 if self.half else torch.float32
         self.channels_last = channels_last
+        self.tta = bool(tta)
         self.strides = tuple(int(stride) for stride in model.strides)
         self.reg_max = int(model.reg_max)
 
@@ -123,6 +138,7 @@ class Detector:
             "imgsz": self.imgsz,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "tta": self.tta,
             "weights_sha256": weights_sha256,
         }
 
@@ -156,10 +172,15 @@ class Detector:
         return batch, params
 
     def infer(self, batch: Tensor) -> Tensor:
-        """Forward and decode: (B, 3, H, W) to (B, 4 + nc, A) float32 boxes (cx, cy, w, h) and scores."""
+        """Forward and decode: (B, 3, H, W) to (B, 4 + nc, A) float32 boxes (cx, cy, w, h) and scores.
+
+        With `tta` each image and its mirror run in one forward of 2B and their raw head maps are averaged.
+        """
         with torch.inference_mode():
-            levels = self.model(batch)
-            return decode_levels([level.float() for level in levels], self.strides, self.reg_max)
+            levels = [level.float() for level in self.model(mirror_batch(batch) if self.tta else batch)]
+            if self.tta:
+                levels = merge_mirrored(levels, self.reg_max)
+            return decode_levels(levels, self.strides, self.reg_max)
 
     def postprocess(
         self,

@@ -6,6 +6,8 @@ score of its best anchor, so every image still gets a map. One backward for the 
 gradients; per layer the map is ReLU(sum_c mean(grad_c) * activation_c) (Selvaraju et al., 2017). Each map
 is upsampled to the letterboxed input, cropped to the frame, resized to the original size and normalised to
 0..1 per image; the two layers are averaged, coloured with a jet look-up table and blended over the frame.
+With a mirror-averaging detector (`Detector(tta=True)`) the frames and their mirrors go through together, the
+detections are those of the averaged head maps, and each frame's map is the mean of its own and its mirror's.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import Tensor
 
 from model.detector import Detector
 from model.imaging import to_rgb8
-from model.ops import LetterboxParams, decode_levels, select_detections
+from model.ops import LetterboxParams, decode_levels, merge_mirrored, mirror_batch, select_detections
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +84,17 @@ def gradcam(
     module = detector.float_module()
     layers = list(module.gradcam_layers())
     batch, params = detector.prepare(detector.to_tensors(frames), imgsz)
+    if detector.tta:
+        batch = mirror_batch(batch)
     batch = batch.float().requires_grad_(True)  # gradients flow from the input, whatever the parameters' flags
     activations: list[Tensor] = []
     handles = [layer.register_forward_hook(lambda _m, _i, output: activations.append(output)) for layer in layers]
     try:
         with torch.enable_grad():
-            levels = module(batch)
-            decoded = decode_levels([level.float() for level in levels], detector.strides, detector.reg_max)
+            levels = [level.float() for level in module(batch)]
+            if detector.tta:
+                levels = merge_mirrored(levels, detector.reg_max)
+            decoded = decode_levels(levels, detector.strides, detector.reg_max)
             selections = select_detections(decoded.detach(), conf=conf, iou=iou, max_det=max_det)
             targets = []
             for image, (anchors, classes) in enumerate(selections):
@@ -109,6 +115,8 @@ def gradcam(
             _layer_cam(activation.detach().float(), gradient.float())
             for activation, gradient in zip(activations, gradients, strict=True)
         ]
+        if detector.tta:  # each image's map and its mirror's, flipped back
+            maps = [(plain + mirrored.flip(-1)) / 2 for plain, mirrored in (layer_map.chunk(2) for layer_map in maps)]
         for image, frame_params in enumerate(params):
             per_layer = [_to_frame(layer_map[image], input_size, frame_params) for layer_map in maps]
             heats.append(torch.stack(per_layer).mean(dim=0).cpu().numpy())

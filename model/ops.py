@@ -80,6 +80,28 @@ def decode_levels(levels: Sequence[Tensor], strides: Sequence[int], reg_max: int
     return torch.cat((boxes, class_logits.sigmoid()), dim=1)
 
 
+def mirror_batch(batch: Tensor) -> Tensor:
+    """(B, C, H, W) to (2B, C, H, W): the batch, then each image mirrored left to right, in the same memory format."""
+    memory_format = torch.channels_last if batch.is_contiguous(memory_format=torch.channels_last) else None
+    both = torch.cat((batch, batch.flip(3)))
+    return both.contiguous(memory_format=memory_format) if memory_format is not None else both
+
+
+def merge_mirrored(levels: Sequence[Tensor], reg_max: int = 16) -> list[Tensor]:
+    """Raw head maps of a `mirror_batch` (2B images) to B maps: the mean of each image's and its mirror's.
+
+    The mirror's maps are flipped back along W and their left and right distance bins swapped, so every anchor
+    averages the two predictions of the same place. Anchors sit at the centres of a grid that spans the whole
+    (stride-padded) input, so the flip maps the grid onto itself exactly.
+    """
+    merged = []
+    for level in levels:
+        plain, mirrored = level.chunk(2, dim=0)
+        left, top, right, bottom, classes = mirrored.flip(3).split((reg_max,) * 4 + (level.shape[1] - 4 * reg_max,), 1)
+        merged.append((plain + torch.cat((right, top, left, bottom, classes), dim=1)) / 2)
+    return merged
+
+
 def xywh_to_xyxy(boxes: Tensor) -> Tensor:
     """(..., 4) centre x, centre y, width, height to (..., 4) x1, y1, x2, y2."""
     centre, size = boxes[..., :2], boxes[..., 2:4]

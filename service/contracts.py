@@ -79,6 +79,7 @@ class ModelInfo(BaseModel):
     imgsz: int = 640
     device: str = ""
     dtype: str = ""
+    tta: bool = False
     weights_sha256: str = ""
 
 

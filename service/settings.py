@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     imgsz: int | None = Field(
         None, ge=32, le=2048, multiple_of=32, description="default inference size (pixels); unset: the checkpoint's"
     )
+    tta: bool = Field(False, description="average each frame's predictions with its mirror's (twice the compute)")
 
     max_batch: int | None = Field(None, ge=1, le=1024, description="images per forward pass; unset: 32 GPU, 8 CPU")
     max_delay_ms: float = Field(5.0, ge=0, le=10_000, description="how long a worker waits to fill a batch")

@@ -130,6 +130,7 @@ class InferenceRuntime:
             half=self.settings.half,
             compile=self.settings.compile,
             imgsz=self.settings.imgsz,
+            tta=self.settings.tta,
         )
         with torch.inference_mode():
             detector.detect([np.zeros((WARMUP_SIZE, WARMUP_SIZE, 3), dtype=np.uint8)], imgsz=WARMUP_SIZE)

@@ -10,6 +10,7 @@ from typing import Any
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MIN_DRAWN_BOX = 12
+TTA_HELP = "average each frame's predictions with its left-right mirror's (twice the compute; see MODEL_CARD.md)"
 
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
@@ -74,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     val.add_argument("--split", default="val", help="split to evaluate (default val)")
     val.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
     val.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    val.add_argument("--tta", action="store_true", help=TTA_HELP)
     val.add_argument("--json", action="store_true", help="print the full result as JSON instead of a table")
     val.add_argument("--plots", help="folder for pr_curve.png and pd_fa_curve.png (Pd against false alarms)")
     val.set_defaults(func=_val)
@@ -86,6 +88,7 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     predict.add_argument("--max-det", type=int, default=300, help="most detections per image (default 300)")
     predict.add_argument("--imgsz", type=int, help="inference size (default: the checkpoint's)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    predict.add_argument("--tta", action="store_true", help=TTA_HELP)
     predict.add_argument("--format", default="json", choices=("json", "text"), help="output format (default json)")
     predict.add_argument("--save", help="folder for annotated PNGs")
     predict.set_defaults(func=_predict)
@@ -155,7 +158,7 @@ def _val(args: argparse.Namespace) -> int:
     from model.train.data import YoloDataset
     from model.train.evaluate import evaluate, format_table, plot_pd_fa_curve, plot_pr_curve
 
-    detector = Detector(_weights_path(args.weights), device=args.device, imgsz=args.imgsz)
+    detector = Detector(_weights_path(args.weights), device=args.device, imgsz=args.imgsz, tta=args.tta)
     dataset = YoloDataset(args.data, args.split, imgsz=args.imgsz or detector.imgsz, augment=None, cache=False)
     if dataset.names != detector.class_names:
         print(f"note: dataset classes {dataset.names} differ from the checkpoint's {detector.class_names}")
@@ -220,7 +223,7 @@ def _predict(args: argparse.Namespace) -> int:
     from model.imaging import load_image, to_rgb8
 
     files = expand_paths(args.paths)
-    detector = Detector(_weights_path(args.weights), device=args.device, imgsz=args.imgsz)
+    detector = Detector(_weights_path(args.weights), device=args.device, imgsz=args.imgsz, tta=args.tta)
     results = []
     stems = [path.stem for path in files]
     for index, path in enumerate(files):

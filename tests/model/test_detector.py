@@ -21,6 +21,7 @@ from model.detector import Detector
 from model.errors import CheckpointError
 from model.fuse import fuse_batchnorm
 from model.masenet import build_model
+from model.ops import make_anchors
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,7 @@ def test_detection_schema_and_info(detector):
         "imgsz": 128,
         "device": "cpu",
         "dtype": "float32",
+        "tta": False,
         "weights_sha256": None,
     }
 
@@ -99,6 +101,28 @@ def test_mixed_sizes_depths_and_per_frame_thresholds(detector):
             x1, y1, x2, y2 = detection["box"]
             assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
     assert detector.detect([]) == []
+
+
+def _mirror_anchors(height: int, width: int, strides: tuple[int, ...]) -> torch.Tensor:
+    """For each anchor of a (height, width) input, the index of the anchor at its mirror position."""
+    points, anchor_strides = make_anchors([(height // s, width // s) for s in strides], strides)
+    places = [(x * s, y * s) for (x, y), s in zip(points.tolist(), anchor_strides[:, 0].tolist(), strict=True)]
+    index = {place: i for i, place in enumerate(places)}
+    return torch.tensor([index[(width - x, y)] for x, y in places])
+
+
+def test_mirror_averaging_gives_a_mirrored_frame_mirrored_predictions():
+    plain, averaged = Detector(imgsz=128), Detector(imgsz=128, tta=True)  # the shipped weights: scores vary
+    assert (plain.info["tta"], averaged.info["tta"]) == (False, True)
+    batch, _ = averaged.prepare(averaged.to_tensors(_frames(1, 96, 128, seed=3)))
+    mirror = _mirror_anchors(96, 128, averaged.strides)
+    decoded, flipped = plain.infer(batch)[0], plain.infer(batch.flip(3))[0][:, mirror]
+    assert (decoded[4] - flipped[4]).abs().max() > 1e-3  # the network alone is not mirror-symmetric
+    decoded, flipped = averaged.infer(batch)[0], averaged.infer(batch.flip(3))[0][:, mirror]
+    assert decoded.shape == (5, mirror.numel())  # one prediction per frame, not two
+    torch.testing.assert_close(flipped[4], decoded[4], atol=1e-5, rtol=0)  # same scores
+    torch.testing.assert_close(128 - flipped[0], decoded[0], atol=1e-3, rtol=0)  # centre x reflected
+    torch.testing.assert_close(flipped[1:4], decoded[1:4], atol=1e-3, rtol=0)  # y, width, height kept
 
 
 def test_detector_leaves_the_callers_model_unfused(model):

@@ -67,3 +67,15 @@ def test_jet_lut_and_png():
     array[2, 3] = (10, 20, 30)
     with Image.open(io.BytesIO(encode_png(array))) as image:
         assert image.format == "PNG" and np.array_equal(np.asarray(image), array)
+
+
+def test_mirror_averaging_explains_its_own_detections_symmetrically():
+    averaged = Detector(imgsz=128, tta=True)  # the shipped weights: no ties between scores
+    frame = _frames()[0]
+    mirror = np.ascontiguousarray(frame[:, ::-1])
+    (found,), (overlay,) = gradcam(averaged, [frame], conf=0.0, max_det=5)
+    assert [d["box"] for d in found] == [d["box"] for d in averaged.detect([frame], conf=0.0, max_det=5)[0]]
+    _, (mirror_overlay,) = gradcam(averaged, [mirror], conf=0.0, max_det=5)
+    assert not np.array_equal(overlay, frame)
+    # The frame and its mirror are explained by the same averaged prediction, so the heat maps mirror too.
+    assert np.abs(mirror_overlay[:, ::-1].astype(int) - overlay.astype(int)).max() <= 2

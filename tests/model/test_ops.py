@@ -15,6 +15,8 @@ from model.ops import (
     dfl_distances,
     letterbox,
     make_anchors,
+    merge_mirrored,
+    mirror_batch,
     non_max_suppression,
     scale_boxes,
     xywh_to_xyxy,
@@ -57,6 +59,45 @@ def test_decode_single_anchor_geometry():
     decoded = decode_levels([level], [8])[0, :, 0].tolist()
     # anchor (0.5, 0.5): x1 = -0.5, y1 = -1.5, x2 = 3.5, y2 = 4.5 (bins), times 8.
     assert decoded == pytest.approx([12.0, 12.0, 32.0, 48.0, 0.5])
+
+
+def _mirror_prediction(level: torch.Tensor, reg_max: int = 16) -> torch.Tensor:
+    """What a perfectly mirror-consistent network predicts for the mirrored image: left and right swap places."""
+    left, top, right, bottom, classes = level.split((reg_max,) * 4 + (level.shape[1] - 4 * reg_max,), 1)
+    return torch.cat((right, top, left, bottom, classes), 1).flip(3)
+
+
+def test_mirrored_prediction_decodes_to_reflected_boxes():
+    torch.manual_seed(0)
+    levels, strides, width = [torch.randn(1, 66, 3, 4), torch.randn(1, 66, 2, 2)], [8, 16], 32.0
+    plain = decode_levels(levels, strides)[0]
+    mirrored = decode_levels([_mirror_prediction(level) for level in levels], strides)[0]
+    columns = [torch.arange(h * w).view(h, w).flip(1).flatten() for h, w in ((3, 4), (2, 2))]
+    mirror_anchor = torch.cat((columns[0], columns[1] + 12))  # anchor index -> its mirror's, per level
+    reflected = mirrored[:, mirror_anchor]
+    torch.testing.assert_close(reflected[0], width - plain[0])  # centre x reflected about the input width
+    torch.testing.assert_close(reflected[1:], plain[1:])  # centre y, width, height and both class scores kept
+
+
+def test_merge_mirrored_averages_each_anchor_with_its_mirror():
+    torch.manual_seed(1)
+    levels = [torch.randn(2, 65, 3, 4), torch.randn(2, 65, 2, 2)]
+    consistent = merge_mirrored([torch.cat((level, _mirror_prediction(level))) for level in levels])
+    for got, want in zip(consistent, levels, strict=True):
+        torch.testing.assert_close(got, want)  # a mirror that agrees changes nothing
+    other = [torch.randn_like(level) for level in levels]
+    merged = merge_mirrored([torch.cat((level, _mirror_prediction(o))) for level, o in zip(levels, other, strict=True)])
+    for got, level, o in zip(merged, levels, other, strict=True):
+        torch.testing.assert_close(got, (level + o) / 2)
+        assert got.shape == level.shape
+
+
+def test_mirror_batch_appends_mirrors_and_keeps_memory_format():
+    batch = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).view(2, 3, 2, 4)
+    both = mirror_batch(batch.contiguous(memory_format=torch.channels_last))
+    assert both.shape == (4, 3, 2, 4) and both.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(both[:2], batch) and torch.equal(both[2:], batch.flip(3))
+    assert mirror_batch(batch).is_contiguous()
 
 
 def test_box_iou_and_xyxy():

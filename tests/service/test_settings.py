@@ -9,11 +9,13 @@ from service.settings import Settings, get_settings, mask_url_password
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("MASENET_REDIS_URL", "MASENET_API_KEYS", "MASENET_MAX_BATCH", "MASENET_QUEUE_PREFIX", "MASENET_IMGSZ"):
+    names = ("MASENET_REDIS_URL", "MASENET_API_KEYS", "MASENET_MAX_BATCH", "MASENET_QUEUE_PREFIX", "MASENET_IMGSZ")
+    for name in (*names, "MASENET_TTA"):
         monkeypatch.delenv(name, raising=False)
     settings = Settings()
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
     assert settings.imgsz is None  # the checkpoint's own inference size
+    assert settings.tta is False
     assert settings.max_delay_ms == 5.0
     assert settings.worker_metrics_port == 9101
     assert settings.api_keys == ()
@@ -29,13 +31,14 @@ def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("MASENET_API_KEYS", " key-one, key-two ,,")
     monkeypatch.setenv("MASENET_MAX_BATCH", "16")
     monkeypatch.setenv("MASENET_HALF", "true")
+    monkeypatch.setenv("MASENET_TTA", "true")
     monkeypatch.setenv("MASENET_QUEUE_PREFIX", "edge")
     monkeypatch.setenv("MASENET_TIMEOUT_S", "2.5")
     settings = Settings()
     assert settings.api_keys == ("key-one", "key-two")
     assert settings.auth_enabled
     assert settings.effective_max_batch(on_gpu=False) == 16
-    assert settings.half is True
+    assert settings.half is True and settings.tta is True
     assert settings.timeout_s == 2.5
     assert settings.image_queue == "edge:images"
     assert settings.worker_key("w1") == "edge:workers:w1"

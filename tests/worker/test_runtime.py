@@ -16,7 +16,7 @@ from PIL import Image
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from service.contracts import JOB_FUNCTION, DetectParams, FailureKind, ImageJobPayload
+from service.contracts import JOB_FUNCTION, Detection, DetectParams, FailureKind, ImageJobPayload
 from service.settings import Settings
 from worker.metrics import WorkerMetrics
 from worker.runtime import DecodedImage, ImageTask, InferenceRuntime, JobMediaError
@@ -107,6 +107,22 @@ def test_without_a_size_the_checkpoint_s_own_is_used(tiny_checkpoint: Path, redi
     default, at_64, at_128 = [outcome.result.detections for outcome in own.run(tasks)]
     assert default == at_64 and default != at_128
     assert count(own, "masenet_stage_duration_seconds_count", stage="inference") - forwards == 2  # None with 64
+
+
+def test_mirror_averaging_setting_reaches_the_detector(
+    runtime: InferenceRuntime, tiny_checkpoint: Path, redis_client: redis.Redis
+) -> None:
+    """MASENET_TTA=true: the worker serves what `Detector(tta=True)` computes and says so in its model info."""
+    from model.detector import Detector
+
+    settings = Settings(weights=tiny_checkpoint, device="cpu", imgsz=64, queue_prefix="runtime-test", tta=True)
+    averaged = InferenceRuntime(settings, redis_client, WorkerMetrics(), worker_name="in-process")
+    averaged.load()
+    assert averaged.model_info.tta and not runtime.model_info.tta
+    image = frame(96, 64, seed=4)
+    (outcome,) = averaged.run([make_task(averaged, redis_client, 0, image)])
+    (expected,) = Detector(tiny_checkpoint, device="cpu", imgsz=64, tta=True).detect([image], conf=0.0001, max_det=10)
+    assert [Detection.model_validate(d) for d in expected] == outcome.result.detections
 
 
 def test_a_bad_image_fails_alone(runtime: InferenceRuntime, redis_client: redis.Redis) -> None:
