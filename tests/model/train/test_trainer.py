@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from model.checkpoint import read_metadata
 from model.train.trainer import TrainConfig, train
@@ -148,6 +149,26 @@ def test_predict_json_schema(trained: tuple[Path, Path], tmp_path: Path, capsys)
             assert detection["class_id"] == 0 and detection["class_name"] == "target"
     assert any(item["detections"] for item in results)
     assert len(list((tmp_path / "drawn").glob("*.png"))) == 5
+
+
+def test_predict_and_val_with_mirror_averaging(trained: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    data, run = trained
+    weights = str(run / "weights" / "best.safetensors")
+    image = data.parent / "images" / "val" / "val_000.png"
+    mirror = tmp_path / "mirror.png"
+    Image.open(image).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirror)
+    assert main(["predict", str(image), str(mirror), "--weights", weights, "--conf", "0.01", "--tta"]) == 0
+    frame, mirrored = (item["detections"] for item in json.loads(capsys.readouterr().out))
+    assert frame and len(frame) == len(mirrored)
+    for detection in frame:  # the mirror image gets the reflected boxes with the same scores
+        x1, y1, x2, y2 = detection["box"]
+        assert any(
+            other["box"] == pytest.approx([64 - x2, y1, 64 - x1, y2], abs=0.05)
+            and other["score"] == pytest.approx(detection["score"], abs=2e-3)
+            for other in mirrored
+        )
+    assert main(["val", "--data", str(data), "--weights", weights, "--json", "--tta"]) == 0
+    assert json.loads(capsys.readouterr().out)["all"]["targets"] > 0
 
 
 def test_predict_without_weights_is_a_clear_error(tmp_path: Path, capsys) -> None:
