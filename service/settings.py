@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     )
     tta: bool = Field(False, description="average each frame's predictions with its mirror's (twice the compute)")
 
-    max_batch: int | None = Field(None, ge=1, le=1024, description="images per forward pass; unset: 32 GPU, 8 CPU")
+    max_batch: int | None = Field(
+        None, ge=1, le=1024, description="images per forward pass (each twice with tta); unset: 32 GPU, 8 CPU"
+    )
     max_delay_ms: float = Field(5.0, ge=0, le=10_000, description="how long a worker waits to fill a batch")
     max_queue: int = Field(1024, ge=0, description="503 when the image queue would hold more images than this")
     timeout_s: float = Field(30.0, gt=0, le=3600, description="504 when a request has no result after this long")

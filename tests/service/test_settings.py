@@ -9,9 +9,8 @@ from service.settings import Settings, get_settings, mask_url_password
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    names = ("MASENET_REDIS_URL", "MASENET_API_KEYS", "MASENET_MAX_BATCH", "MASENET_QUEUE_PREFIX", "MASENET_IMGSZ")
-    for name in (*names, "MASENET_TTA"):
-        monkeypatch.delenv(name, raising=False)
+    for name in ("REDIS_URL", "API_KEYS", "MAX_BATCH", "QUEUE_PREFIX", "IMGSZ", "TTA"):
+        monkeypatch.delenv(f"MASENET_{name}", raising=False)
     settings = Settings()
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
     assert settings.imgsz is None  # the checkpoint's own inference size
