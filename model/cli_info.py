@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
         help="channels-last memory format on the optimised path (default: on)",
     )
     bench.add_argument("--compile", action="store_true", help="torch.compile the optimised model")
+    bench.add_argument(
+        "--tta", action="store_true", help="both paths average each frame with its mirror (what MASENET_TTA costs)"
+    )
     bench.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     bench.set_defaults(func=_run_bench)
 
@@ -95,6 +98,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         half=args.half,
         compile=args.compile,
         channels_last=args.channels_last,
+        tta=args.tta,
         progress=lambda message: print(message, file=sys.stderr, flush=True),
     )
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from model.bench import BenchRow, format_table, parse_size
+from model.ops import merge_mirrored
 from service.cli import main
 
 
@@ -29,6 +30,24 @@ def test_bench_model_runs_a_tiny_case(capsys):
     captured = capsys.readouterr()
     assert "64x32" in captured.out and "speed-up" in captured.out
     assert "64x32 batch 1" in captured.err  # progress goes to stderr
+
+
+def test_bench_model_tta_mirrors_both_paths_and_counts_frames(capsys, monkeypatch):
+    import model.bench
+
+    merged_batches = []
+
+    def spy(levels, reg_max=16):
+        merged_batches.append(levels[0].shape[0])
+        return merge_mirrored(levels, reg_max)
+
+    monkeypatch.setattr(model.bench, "merge_mirrored", spy)
+    argv = ["bench", "model", "--batch-sizes", "3", "--sizes", "64x32", "--iters", "2", "--warmup", "1", "--tta"]
+    assert main([*argv, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    # eager and optimised, 1 warm-up + 2 timed runs each, every forward holding 3 frames and their 3 mirrors
+    assert merged_batches == [6] * 6
+    assert row["batch"] == 3 and row["width"] == 64
 
 
 def test_bench_helpers():
