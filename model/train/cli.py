@@ -171,6 +171,7 @@ def _val(args: argparse.Namespace) -> int:
         imgsz=args.imgsz or detector.imgsz,
         batch_size=args.batch,
         distance=args.distance,
+        progress=True,
     )
     if args.plots:
         plot_pr_curve(result, Path(args.plots) / "pr_curve.png")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,11 +75,16 @@ def predict_split(
     max_det: int = 300,
     imgsz: int | None = None,
     batch_size: int = 8,
+    progress: bool = False,
 ) -> list[Detections]:
-    """Detections for every image of the split, in original pixels."""
+    """Detections for every image of the split, in original pixels; `progress` shows a bar on stderr."""
+    from tqdm import tqdm
+
     predictions = []
+    bar = tqdm(total=len(dataset), desc="val", unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     for start in range(0, len(dataset), batch_size):
         frames = [dataset.load_frame(index) for index in range(start, min(start + batch_size, len(dataset)))]
+        bar.update(len(frames))
         for found in detector.detect(frames, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz):
             predictions.append(
                 Detections(
@@ -87,6 +93,7 @@ def predict_split(
                     classes=np.array([d["class_id"] for d in found], dtype=np.int64),
                 )
             )
+    bar.close()
     return predictions
 
 
@@ -172,8 +179,11 @@ def evaluate(
     imgsz: int | None = None,
     batch_size: int = 8,
     distance: float = 3.0,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Score a Detector (or a bare MASENet, wrapped in one on its own device) on a dataset split.
+
+    `progress` shows a bar over the images on stderr (what `masenet val` does; the trainer has its own).
 
     Returns {"images", "operating_conf", "distance", "per_class": [row per class], "all": row, "pr_curve":
     {"recall", "precision" (per class), "names"}, "fitness", "seconds"}; a row holds targets, precision,
@@ -185,7 +195,7 @@ def evaluate(
     imgsz = imgsz or dataset.imgsz
     detector = _as_detector(detector_or_model, dataset.names, imgsz)
     predictions = predict_split(
-        detector, dataset, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz, batch_size=batch_size
+        detector, dataset, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz, batch_size=batch_size, progress=progress
     )
     targets = []
     for index in range(len(dataset)):

@@ -123,7 +123,9 @@ def test_val_prints_table_json_and_plot(trained: tuple[Path, Path], tmp_path: Pa
     assert "best Pd at <= 1 false alarm per frame" in table or "keeps false alarms at or below 1" in table
     assert (tmp_path / "pr_curve.png").stat().st_size > 0 and (tmp_path / "pd_fa_curve.png").stat().st_size > 0
     assert main(["val", "--data", str(data), "--weights", weights, "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # the progress bar goes to stderr, so stdout stays JSON
+    assert "val: 100%" in captured.err and "4/4" in captured.err
     assert result["images"] == 4 and result["all"]["targets"] > 0
     assert {"precision", "recall", "map50", "map50_95", "pd", "fa_per_frame", "pd_by_size"} <= set(result["all"])
     assert result["per_class"][0]["class"] == "target"
