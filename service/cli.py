@@ -7,7 +7,8 @@ handlers), so `masenet --help` and the API process stay light.
 Before any handler imports torch, `main` asks torch's CPU allocator for transparent huge pages
 (`THP_MEM_ALLOC_ENABLE=1`, unless the environment already says otherwise; torch reads it once, at its first
 allocation). Without them every large activation of a batched CPU forward is faulted in 4 KiB page by page:
-`masenet bench model --sizes 960x768 --batch-sizes 8` spends over a third of its CPU time in the kernel.
+with it off, `masenet bench model --sizes 960x768 --batch-sizes 1,8` spent over a third of its CPU time in the
+kernel and its optimised batch of 8 took 1.46 times as long (README, "Benchmarks").
 Child processes (workers started by `masenet serve`) inherit it.
 """
 

@@ -84,7 +84,6 @@ def predict_split(
     bar = tqdm(total=len(dataset), desc="val", unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     for start in range(0, len(dataset), batch_size):
         frames = [dataset.load_frame(index) for index in range(start, min(start + batch_size, len(dataset)))]
-        bar.update(len(frames))
         for found in detector.detect(frames, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz):
             predictions.append(
                 Detections(
@@ -93,6 +92,7 @@ def predict_split(
                     classes=np.array([d["class_id"] for d in found], dtype=np.int64),
                 )
             )
+        bar.update(len(frames))
     bar.close()
     return predictions
 
