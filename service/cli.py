@@ -6,10 +6,9 @@ handlers), so `masenet --help` and the API process stay light.
 
 Before any handler imports torch, `main` asks torch's CPU allocator for transparent huge pages
 (`THP_MEM_ALLOC_ENABLE=1`, unless the environment already says otherwise; torch reads it once, at its first
-allocation). Without them every large activation of a batched CPU forward is faulted in 4 KiB page by page:
-with it off, `masenet bench model --sizes 960x768 --batch-sizes 1,8` spent over a third of its CPU time in the
-kernel and its optimised batch of 8 took 1.46 times as long (README, "Benchmarks").
-Child processes (workers started by `masenet serve`) inherit it.
+allocation). Without them every large activation of a batched CPU forward is faulted in 4 KiB page by page
+(measured with `masenet bench model` in the README, "Benchmarks"). Workers started by `masenet up` run this
+`main` too, and inherit the variable besides.
 """
 
 from __future__ import annotations
