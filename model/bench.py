@@ -5,9 +5,9 @@ what a straightforward script does. Optimised: the same weights through `Detecto
 `torch.inference_mode`, the device's preferred memory format, bfloat16 with `half`, optionally torch.compile).
 Both time the network forward only, on random input of the given size; warm-up iterations are excluded
 and the median of the timed iterations is reported. The two paths alternate iteration by iteration, so a
-busy machine slows both alike instead of skewing the ratio. With `tta` both paths do mirror averaging (each
-frame and its mirror in one forward of twice the batch, head maps merged), so comparing a run with and without
-it gives its cost; throughput still counts frames.
+busy machine slows both alike instead of skewing the ratio. With `tta` both paths do that test-time
+augmentation (each frame's flipped views in one forward of two or four times the batch, head maps merged), so
+comparing a run with and without it gives its cost; throughput still counts frames.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from model.detector import Detector, resolve_device
-from model.ops import merge_mirrored, mirror_batch
+from model.ops import merge_tta, tta_batch
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def bench_model(
     half: bool = False,
     compile: bool = False,
     channels_last: bool = True,
-    tta: bool = False,
+    tta: str | bool = "off",
     progress: Callable[[str], None] | None = None,
 ) -> list[BenchRow]:
     """Time eager versus optimised forwards for every (size, batch); `weights=None` uses a random-init model."""
@@ -108,9 +108,9 @@ def bench_model(
     else:
         eager = build_model(scale=scale).to(target).eval()
     optimised = Detector(
-        model=eager, device=str(target), half=half, compile=compile, fuse=True, channels_last=channels_last
+        model=eager, device=str(target), half=half, compile=compile, fuse=True, channels_last=channels_last, tta=tta
     )
-    reg_max = optimised.reg_max
+    reg_max, views = optimised.reg_max, optimised.views
     rows = []
     generator = torch.Generator(device="cpu").manual_seed(0)
     for width, height in sizes:
@@ -121,7 +121,7 @@ def bench_model(
 
             def run_eager(images: torch.Tensor = images) -> object:
                 with torch.no_grad():
-                    return merge_mirrored(eager(mirror_batch(images)), reg_max) if tta else eager(images)
+                    return merge_tta(eager(tta_batch(images, views)), views, reg_max)
 
             prepared = images.to(optimised.dtype)
             if optimised.channels_last:
@@ -129,9 +129,7 @@ def bench_model(
 
             def run_optimised(prepared: torch.Tensor = prepared) -> object:
                 with torch.inference_mode():
-                    if tta:
-                        return merge_mirrored(optimised.model(mirror_batch(prepared)), reg_max)
-                    return optimised.model(prepared)
+                    return merge_tta(optimised.model(tta_batch(prepared, views)), views, reg_max)
 
             eager_ms, optimised_ms = _paired_median_ms((run_eager, run_optimised), target, iters, warmup)
             rows.append(BenchRow(width, height, batch, eager_ms, optimised_ms))

@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 
+from model.commands import add_tta_argument
+
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
     """Add `info` and `bench model`."""
@@ -38,9 +40,7 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
         help="channels-last memory format on the optimised path (default: on)",
     )
     bench.add_argument("--compile", action="store_true", help="torch.compile the optimised model")
-    bench.add_argument(
-        "--tta", action="store_true", help="both paths average each frame with its mirror (what MASENET_TTA costs)"
-    )
+    add_tta_argument(bench, "both paths (what MASENET_TTA costs): ")
     bench.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     bench.set_defaults(func=_run_bench)
 

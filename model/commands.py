@@ -7,6 +7,21 @@ from __future__ import annotations
 
 import argparse
 
+TTA_MODES = ("off", "mirror", "flips")  # the keys of model.ops.TTA_VIEWS, named here without importing torch
+
+
+def add_tta_argument(parser: argparse.ArgumentParser, what: str = "") -> None:
+    """`--tta [MODE]`: off (the default), mirror (also when given bare) or flips; see model/detector.py."""
+    parser.add_argument(
+        "--tta",
+        nargs="?",
+        const="mirror",
+        default="off",
+        choices=TTA_MODES,
+        help=f"{what}test-time augmentation: bare or 'mirror' averages each frame with its left-right mirror (twice "
+        "the compute), 'flips' with all three flipped copies (four times); default off (see MODEL_CARD.md)",
+    )
+
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
     """Add info, synth, train, val, predict and `bench model`."""

@@ -23,10 +23,12 @@ the CPU (oneDNN) it was measured on masenet-n, batch 8 at 320x256: with BN folde
 network, are each faster in NHWC, so no per-layer layout switching is needed. `masenet bench model
 --no-channels-last` repeats the comparison on other hardware.
 
-`tta=True` (test-time augmentation) runs each frame together with its left-right mirror and averages the
-two raw head maps anchor by anchor before decoding, so one set of boxes comes out and a frame and its mirror
-get mirrored detections. It costs one more image per frame in the forward pass. For the shipped weights it
-raises detection at a given false-alarm rate (MODEL_CARD.md, "Mirror averaging").
+`tta` (test-time augmentation) runs each frame together with flipped copies of itself and averages the raw
+head maps anchor by anchor before decoding, so one set of boxes comes out and a flipped frame gets flipped
+detections: "mirror" (or True) adds the left-right mirror, "flips" also the up-down and the doubly flipped
+frame (the trainer flips both ways, so all four views are in distribution). Each view costs one more image
+per frame in the forward pass. For the shipped weights mirror averaging raises detection at a given
+false-alarm rate (MODEL_CARD.md, "Mirror averaging").
 """
 
 from __future__ import annotations
@@ -45,13 +47,15 @@ from model.checkpoint import default_weights_path, file_sha256, load_checkpoint
 from model.imaging import to_rgb8
 from model.masenet import MASENet
 from model.ops import (
+    TTA_VIEWS,
     LetterboxParams,
     decode_levels,
     letterbox,
-    merge_mirrored,
-    mirror_batch,
+    merge_tta,
     non_max_suppression,
     scale_boxes,
+    tta_batch,
+    tta_mode,
 )
 
 logger = logging.getLogger(__name__)
@@ -93,7 +97,7 @@ class Detector:
         model: MASENet | None = None,
         class_names: list[str] | None = None,
         imgsz: int | None = None,
-        tta: bool = False,
+        tta: str | bool = "off",
     ) -> None:
         self.device = resolve_device(device)
         weights_sha256 = None
@@ -113,7 +117,8 @@ class Detector:
         self.half = bool(half)
         self.dtype = torch.bfloat16 if self.half else torch.float32
         self.channels_last = channels_last
-        self.tta = bool(tta)
+        self.tta = tta_mode(tta)
+        self.views = TTA_VIEWS[self.tta]
         self.strides = tuple(int(stride) for stride in model.strides)
         self.reg_max = int(model.reg_max)
 
@@ -174,13 +179,11 @@ class Detector:
     def infer(self, batch: Tensor) -> Tensor:
         """Forward and decode: (B, 3, H, W) to (B, 4 + nc, A) float32 boxes (cx, cy, w, h) and scores.
 
-        With `tta` each image and its mirror run in one forward of 2B and their raw head maps are averaged.
+        With `tta` each image's views (V of them) run in one forward of V*B and their raw head maps are averaged.
         """
         with torch.inference_mode():
-            levels = [level.float() for level in self.model(mirror_batch(batch) if self.tta else batch)]
-            if self.tta:
-                levels = merge_mirrored(levels, self.reg_max)
-            return decode_levels(levels, self.strides, self.reg_max)
+            levels = [level.float() for level in self.model(tta_batch(batch, self.views))]
+            return decode_levels(merge_tta(levels, self.views, self.reg_max), self.strides, self.reg_max)
 
     def postprocess(
         self,

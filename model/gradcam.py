@@ -6,8 +6,9 @@ score of its best anchor, so every image still gets a map. One backward for the 
 gradients; per layer the map is ReLU(sum_c mean(grad_c) * activation_c) (Selvaraju et al., 2017). Each map
 is upsampled to the letterboxed input, cropped to the frame, resized to the original size and normalised to
 0..1 per image; the two layers are averaged, coloured with a jet look-up table and blended over the frame.
-With a mirror-averaging detector (`Detector(tta=True)`) the frames and their mirrors go through together, the
-detections are those of the averaged head maps, and each frame's map is the mean of its own and its mirror's.
+With test-time augmentation (`Detector(tta="mirror")` or `"flips"`) every frame's flipped views go through
+together, the detections are those of the averaged head maps, and each frame's map is the mean of its views'
+maps, each flipped back.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from model.detector import Detector
 from model.imaging import to_rgb8
-from model.ops import LetterboxParams, decode_levels, merge_mirrored, mirror_batch, select_detections
+from model.ops import LetterboxParams, decode_levels, merge_tta, select_detections, tta_batch
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,14 @@ def _layer_cam(activation: Tensor, gradient: Tensor) -> Tensor:
     """(B, C, h, w) activation and gradient to a (B, h, w) class activation map."""
     weights = gradient.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
     return (weights * activation).sum(dim=1).relu()
+
+
+def _merge_views(maps: Tensor, views: Sequence[tuple[int, ...]]) -> Tensor:
+    """(V*B, h, w) maps of a `tta_batch` to (B, h, w): each view's map flipped back, then the views averaged."""
+    if len(views) == 1:
+        return maps
+    chunks = maps.chunk(len(views))
+    return torch.stack([m.flip([d - 1 for d in dims]) for m, dims in zip(chunks, views, strict=True)]).mean(dim=0)
 
 
 def _to_frame(cam: Tensor, input_size: tuple[int, int], params: LetterboxParams) -> Tensor:
@@ -84,16 +93,13 @@ def gradcam(
     module = detector.float_module()
     layers = list(module.gradcam_layers())
     batch, params = detector.prepare(detector.to_tensors(frames), imgsz)
-    if detector.tta:
-        batch = mirror_batch(batch)
-    batch = batch.float().requires_grad_(True)  # gradients flow from the input, whatever the parameters' flags
+    views = detector.views
+    batch = tta_batch(batch, views).float().requires_grad_(True)  # gradients flow from the input, whatever the flags
     activations: list[Tensor] = []
     handles = [layer.register_forward_hook(lambda _m, _i, output: activations.append(output)) for layer in layers]
     try:
         with torch.enable_grad():
-            levels = [level.float() for level in module(batch)]
-            if detector.tta:
-                levels = merge_mirrored(levels, detector.reg_max)
+            levels = merge_tta([level.float() for level in module(batch)], views, detector.reg_max)
             decoded = decode_levels(levels, detector.strides, detector.reg_max)
             selections = select_detections(decoded.detach(), conf=conf, iou=iou, max_det=max_det)
             targets = []
@@ -115,8 +121,7 @@ def gradcam(
             _layer_cam(activation.detach().float(), gradient.float())
             for activation, gradient in zip(activations, gradients, strict=True)
         ]
-        if detector.tta:  # each image's map and its mirror's, flipped back
-            maps = [(plain + mirrored.flip(-1)) / 2 for plain, mirrored in (layer_map.chunk(2) for layer_map in maps)]
+        maps = [_merge_views(layer_map, views) for layer_map in maps]
         for image, frame_params in enumerate(params):
             per_layer = [_to_frame(layer_map[image], input_size, frame_params) for layer_map in maps]
             heats.append(torch.stack(per_layer).mean(dim=0).cpu().numpy())

@@ -80,25 +80,57 @@ def decode_levels(levels: Sequence[Tensor], strides: Sequence[int], reg_max: int
     return torch.cat((boxes, class_logits.sigmoid()), dim=1)
 
 
-def mirror_batch(batch: Tensor) -> Tensor:
-    """(B, C, H, W) to (2B, C, H, W): the batch, then each image mirrored left to right, in the same memory format."""
+TTA_VIEWS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "off": ((),),
+    "mirror": ((), (3,)),
+    "flips": ((), (3,), (2,), (2, 3)),
+}
+"""Test-time augmentation modes: the dims of a (B, C, H, W) batch each view flips (3: left-right, 2: up-down)."""
+
+
+def tta_mode(value: str | bool | None) -> str:
+    """A `TTA_VIEWS` key from a mode name or a switch: True means "mirror", False or None "off"."""
+    if value is None or isinstance(value, bool):
+        return "mirror" if value else "off"
+    if value not in TTA_VIEWS:
+        raise ValueError(f"unknown test-time augmentation {value!r}; use one of: {', '.join(TTA_VIEWS)}")
+    return value
+
+
+def tta_batch(batch: Tensor, views: Sequence[tuple[int, ...]]) -> Tensor:
+    """(B, C, H, W) to (V*B, C, H, W): the batch once per view, flipped along its dims, in the same memory format."""
+    if len(views) == 1 and not views[0]:
+        return batch
     memory_format = torch.channels_last if batch.is_contiguous(memory_format=torch.channels_last) else None
-    both = torch.cat((batch, batch.flip(3)))
-    return both.contiguous(memory_format=memory_format) if memory_format is not None else both
+    stacked = torch.cat([batch.flip(dims) if dims else batch for dims in views])
+    return stacked.contiguous(memory_format=memory_format) if memory_format is not None else stacked
 
 
-def merge_mirrored(levels: Sequence[Tensor], reg_max: int = 16) -> list[Tensor]:
-    """Raw head maps of a `mirror_batch` (2B images) to B maps: the mean of each image's and its mirror's.
+def merge_tta(levels: Sequence[Tensor], views: Sequence[tuple[int, ...]], reg_max: int = 16) -> list[Tensor]:
+    """Raw head maps of a `tta_batch` (V*B images) to B maps: the mean over the views of each place's prediction.
 
-    The mirror's maps are flipped back along W and their left and right distance bins swapped, so every anchor
-    averages the two predictions of the same place. Anchors sit at the centres of a grid that spans the whole
-    (stride-padded) input, so the flip maps the grid onto itself exactly.
+    Each view's maps are flipped back along its dims and its distance bins swapped to match (left and right for
+    a left-right flip, top and bottom for an up-down one), so every anchor averages the predictions of the same
+    place. Anchors sit at the centres of a grid that spans the whole (stride-padded) input, so a flip maps the
+    grid onto itself exactly.
     """
+    if len(views) == 1 and not views[0]:
+        return list(levels)
     merged = []
     for level in levels:
-        plain, mirrored = level.chunk(2, dim=0)
-        left, top, right, bottom, classes = mirrored.flip(3).split((reg_max,) * 4 + (level.shape[1] - 4 * reg_max,), 1)
-        merged.append((plain + torch.cat((right, top, left, bottom, classes), dim=1)) / 2)
+        total = None
+        for view, dims in zip(level.chunk(len(views), dim=0), views, strict=True):
+            if dims:
+                left, top, right, bottom, classes = view.flip(dims).split(
+                    (reg_max,) * 4 + (level.shape[1] - 4 * reg_max,), 1
+                )
+                if 3 in dims:
+                    left, right = right, left
+                if 2 in dims:
+                    top, bottom = bottom, top
+                view = torch.cat((left, top, right, bottom, classes), dim=1)
+            total = view if total is None else total + view
+        merged.append(total / len(views))
     return merged
 
 

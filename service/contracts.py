@@ -79,7 +79,7 @@ class ModelInfo(BaseModel):
     imgsz: int = 640
     device: str = ""
     dtype: str = ""
-    tta: bool = False
+    tta: str = Field("off", description="test-time augmentation: off, mirror or flips")
     weights_sha256: str = ""
 
 

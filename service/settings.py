@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
@@ -33,10 +33,14 @@ class Settings(BaseSettings):
     imgsz: int | None = Field(
         None, ge=32, le=2048, multiple_of=32, description="default inference size (pixels); unset: the checkpoint's"
     )
-    tta: bool = Field(False, description="average each frame's predictions with its mirror's (twice the compute)")
+    tta: Literal["off", "mirror", "flips"] = Field(
+        "off",
+        description="test-time augmentation: mirror (or true) averages each frame with its mirror (twice the "
+        "compute), flips with all four flips (four times); off (or false) by default",
+    )
 
     max_batch: int | None = Field(
-        None, ge=1, le=1024, description="images per forward pass (each twice with tta); unset: 32 GPU, 8 CPU"
+        None, ge=1, le=1024, description="images per forward pass (times the views with tta); unset: 32 GPU, 8 CPU"
     )
     max_delay_ms: float = Field(5.0, ge=0, le=10_000, description="how long a worker waits to fill a batch")
     max_queue: int = Field(1024, ge=0, description="503 when the image queue would hold more images than this")
@@ -67,6 +71,17 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(key.strip() for key in value.split(",") if key.strip())
         return value
+
+    @field_validator("tta", mode="before")
+    @classmethod
+    def _tta_switch(cls, value: object) -> object:
+        """The earlier on/off form still works: true, 1, yes or on mean mirror; false, 0, no or off mean off."""
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return "mirror"
+        if text in ("false", "0", "no", "off", "none", ""):
+            return "off"
+        return text
 
     @field_validator("queue_prefix")
     @classmethod

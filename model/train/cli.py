@@ -8,9 +8,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from model.commands import add_tta_argument
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MIN_DRAWN_BOX = 12
-TTA_HELP = "average each frame's predictions with its left-right mirror's (twice the compute; see MODEL_CARD.md)"
 
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
@@ -75,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     val.add_argument("--split", default="val", help="split to evaluate (default val)")
     val.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
     val.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    val.add_argument("--tta", action="store_true", help=TTA_HELP)
+    add_tta_argument(val)
     val.add_argument("--json", action="store_true", help="print the full result as JSON instead of a table")
     val.add_argument("--plots", help="folder for pr_curve.png and pd_fa_curve.png (Pd against false alarms)")
     val.set_defaults(func=_val)
@@ -88,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     predict.add_argument("--max-det", type=int, default=300, help="most detections per image (default 300)")
     predict.add_argument("--imgsz", type=int, help="inference size (default: the checkpoint's)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    predict.add_argument("--tta", action="store_true", help=TTA_HELP)
+    add_tta_argument(predict)
     predict.add_argument("--format", default="json", choices=("json", "text"), help="output format (default json)")
     predict.add_argument("--save", help="folder for annotated PNGs")
     predict.set_defaults(func=_predict)

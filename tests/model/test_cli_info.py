@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from model.bench import BenchRow, format_table, parse_size
-from model.ops import merge_mirrored
+from model.ops import merge_tta
 from service.cli import main
 
 
@@ -43,11 +43,11 @@ def test_bench_model_tta_mirrors_both_paths_and_counts_frames(capsys, monkeypatc
 
     merged_batches = []
 
-    def spy(levels, reg_max=16):
+    def spy(levels, views, reg_max=16):
         merged_batches.append(levels[0].shape[0])
-        return merge_mirrored(levels, reg_max)
+        return merge_tta(levels, views, reg_max)
 
-    monkeypatch.setattr(model.bench, "merge_mirrored", spy)
+    monkeypatch.setattr(model.bench, "merge_tta", spy)
     argv = ["bench", "model", "--batch-sizes", "3", "--sizes", "64x32", "--iters", "2", "--warmup", "1", "--tta"]
     assert main([*argv, "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)

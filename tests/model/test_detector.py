@@ -73,7 +73,7 @@ def test_detection_schema_and_info(detector):
         "imgsz": 128,
         "device": "cpu",
         "dtype": "float32",
-        "tta": False,
+        "tta": "off",
         "weights_sha256": None,
     }
 
@@ -103,19 +103,19 @@ def test_mixed_sizes_depths_and_per_frame_thresholds(detector):
     assert detector.detect([]) == []
 
 
-def _mirror_anchors(height: int, width: int, strides: tuple[int, ...]) -> torch.Tensor:
-    """For each anchor of a (height, width) input, the index of the anchor at its mirror position."""
+def _flipped_anchors(height: int, width: int, strides: tuple[int, ...], dims: tuple[int, ...]) -> torch.Tensor:
+    """For each anchor of a (height, width) input, the index of the anchor where a flip along `dims` puts it."""
     points, anchor_strides = make_anchors([(height // s, width // s) for s in strides], strides)
     places = [(x * s, y * s) for (x, y), s in zip(points.tolist(), anchor_strides[:, 0].tolist(), strict=True)]
     index = {place: i for i, place in enumerate(places)}
-    return torch.tensor([index[(width - x, y)] for x, y in places])
+    return torch.tensor([index[(width - x if 3 in dims else x, height - y if 2 in dims else y)] for x, y in places])
 
 
 def test_mirror_averaging_gives_a_mirrored_frame_mirrored_predictions():
     plain, averaged = Detector(imgsz=128), Detector(imgsz=128, tta=True)  # the shipped weights: scores vary
-    assert (plain.info["tta"], averaged.info["tta"]) == (False, True)
+    assert (plain.info["tta"], averaged.info["tta"]) == ("off", "mirror")
     batch, _ = averaged.prepare(averaged.to_tensors(_frames(1, 96, 128, seed=3)))
-    mirror = _mirror_anchors(96, 128, averaged.strides)
+    mirror = _flipped_anchors(96, 128, averaged.strides, (3,))
     decoded, flipped = plain.infer(batch)[0], plain.infer(batch.flip(3))[0][:, mirror]
     assert (decoded[4] - flipped[4]).abs().max() > 1e-3  # the network alone is not mirror-symmetric
     decoded, flipped = averaged.infer(batch)[0], averaged.infer(batch.flip(3))[0][:, mirror]
@@ -123,6 +123,32 @@ def test_mirror_averaging_gives_a_mirrored_frame_mirrored_predictions():
     torch.testing.assert_close(flipped[4], decoded[4], atol=1e-5, rtol=0)  # same scores
     torch.testing.assert_close(128 - flipped[0], decoded[0], atol=1e-3, rtol=0)  # centre x reflected
     torch.testing.assert_close(flipped[1:4], decoded[1:4], atol=1e-3, rtol=0)  # y, width, height kept
+
+
+@pytest.mark.parametrize("dims", [(2,), (3,), (2, 3)])
+def test_flip_averaging_gives_a_flipped_frame_flipped_predictions(dims):
+    mirror_only, averaged = Detector(imgsz=128, tta="mirror"), Detector(imgsz=128, tta="flips")
+    assert averaged.info["tta"] == "flips" and len(averaged.views) == 4
+    batch, _ = averaged.prepare(averaged.to_tensors(_frames(1, 96, 128, seed=5)))
+    moved = _flipped_anchors(96, 128, averaged.strides, dims)
+    if 2 in dims:  # mirror averaging alone is not symmetric up and down
+        decoded, flipped = mirror_only.infer(batch)[0], mirror_only.infer(batch.flip(dims))[0][:, moved]
+        assert (decoded[4] - flipped[4]).abs().max() > 1e-3
+    decoded, flipped = averaged.infer(batch)[0], averaged.infer(batch.flip(dims))[0][:, moved]
+    assert decoded.shape == (5, moved.numel())  # one prediction per frame, not four
+    torch.testing.assert_close(flipped[4], decoded[4], atol=1e-5, rtol=0)  # same scores
+    centre = flipped[:2].clone()
+    if 3 in dims:
+        centre[0] = 128 - centre[0]
+    if 2 in dims:
+        centre[1] = 96 - centre[1]
+    torch.testing.assert_close(centre, decoded[:2], atol=1e-3, rtol=0)  # centre reflected along the flipped axes
+    torch.testing.assert_close(flipped[2:4], decoded[2:4], atol=1e-3, rtol=0)  # width and height kept
+
+
+def test_unknown_tta_mode_is_refused(model):
+    with pytest.raises(ValueError, match="mirror, flips"):
+        Detector(model=model, device="cpu", tta="rotations")
 
 
 def test_detector_leaves_the_callers_model_unfused(model):

@@ -79,3 +79,12 @@ def test_mirror_averaging_explains_its_own_detections_symmetrically():
     assert not np.array_equal(overlay, frame)
     # The frame and its mirror are explained by the same averaged prediction, so the heat maps mirror too.
     assert np.abs(mirror_overlay[:, ::-1].astype(int) - overlay.astype(int)).max() <= 2
+
+
+def test_flip_averaging_explains_an_upside_down_frame_upside_down():
+    averaged = Detector(imgsz=128, tta="flips")
+    frame = _frames()[0]
+    (found,), (overlay,) = gradcam(averaged, [frame], conf=0.0, max_det=5)
+    assert [d["box"] for d in found] == [d["box"] for d in averaged.detect([frame], conf=0.0, max_det=5)[0]]
+    _, (flipped_overlay,) = gradcam(averaged, [np.ascontiguousarray(frame[::-1])], conf=0.0, max_det=5)
+    assert np.abs(flipped_overlay[::-1].astype(int) - overlay.astype(int)).max() <= 2

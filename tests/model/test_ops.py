@@ -9,16 +9,18 @@ import torch
 from model.imaging import to_rgb8
 from model.ops import (
     PAD_VALUE,
+    TTA_VIEWS,
     LetterboxParams,
     box_iou,
     decode_levels,
     dfl_distances,
     letterbox,
     make_anchors,
-    merge_mirrored,
-    mirror_batch,
+    merge_tta,
     non_max_suppression,
     scale_boxes,
+    tta_batch,
+    tta_mode,
     xywh_to_xyxy,
 )
 
@@ -61,43 +63,63 @@ def test_decode_single_anchor_geometry():
     assert decoded == pytest.approx([12.0, 12.0, 32.0, 48.0, 0.5])
 
 
-def _mirror_prediction(level: torch.Tensor, reg_max: int = 16) -> torch.Tensor:
-    """What a perfectly mirror-consistent network predicts for the mirrored image: left and right swap places."""
+def _flip_prediction(level: torch.Tensor, dims: tuple[int, ...], reg_max: int = 16) -> torch.Tensor:
+    """What a perfectly flip-consistent network predicts for the flipped image: the flipped sides swap places."""
     left, top, right, bottom, classes = level.split((reg_max,) * 4 + (level.shape[1] - 4 * reg_max,), 1)
-    return torch.cat((right, top, left, bottom, classes), 1).flip(3)
+    if 3 in dims:
+        left, right = right, left
+    if 2 in dims:
+        top, bottom = bottom, top
+    return torch.cat((left, top, right, bottom, classes), 1).flip(dims) if dims else level
 
 
-def test_mirrored_prediction_decodes_to_reflected_boxes():
+@pytest.mark.parametrize("dims", [(3,), (2,)])
+def test_flipped_prediction_decodes_to_reflected_boxes(dims):
     torch.manual_seed(0)
-    levels, strides, width = [torch.randn(1, 66, 3, 4), torch.randn(1, 66, 2, 2)], [8, 16], 32.0
+    levels, strides, width, height = [torch.randn(1, 66, 2, 4), torch.randn(1, 66, 1, 2)], [8, 16], 32.0, 16.0
     plain = decode_levels(levels, strides)[0]
-    mirrored = decode_levels([_mirror_prediction(level) for level in levels], strides)[0]
-    columns = [torch.arange(h * w).view(h, w).flip(1).flatten() for h, w in ((3, 4), (2, 2))]
-    mirror_anchor = torch.cat((columns[0], columns[1] + 12))  # anchor index -> its mirror's, per level
-    reflected = mirrored[:, mirror_anchor]
-    torch.testing.assert_close(reflected[0], width - plain[0])  # centre x reflected about the input width
-    torch.testing.assert_close(reflected[1:], plain[1:])  # centre y, width, height and both class scores kept
+    flipped = decode_levels([_flip_prediction(level, dims) for level in levels], strides)[0]
+    places = [torch.arange(h * w).view(h, w).flip(dims[0] - 2).flatten() for h, w in ((2, 4), (1, 2))]
+    moved = torch.cat((places[0], places[1] + 8))  # anchor index -> where the flip puts it, per level
+    reflected = flipped[:, moved]
+    axis = 0 if dims == (3,) else 1
+    torch.testing.assert_close(reflected[axis], (width if axis == 0 else height) - plain[axis])  # centre reflected
+    kept = [row for row in range(6) if row != axis]
+    torch.testing.assert_close(reflected[kept], plain[kept])  # the other centre, width, height and scores kept
 
 
-def test_merge_mirrored_averages_each_anchor_with_its_mirror():
+@pytest.mark.parametrize("mode", ["mirror", "flips"])
+def test_merge_tta_averages_each_anchor_over_its_views(mode):
+    views = TTA_VIEWS[mode]
     torch.manual_seed(1)
     levels = [torch.randn(2, 65, 3, 4), torch.randn(2, 65, 2, 2)]
-    consistent = merge_mirrored([torch.cat((level, _mirror_prediction(level))) for level in levels])
+    consistent = merge_tta([torch.cat([_flip_prediction(level, dims) for dims in views]) for level in levels], views)
     for got, want in zip(consistent, levels, strict=True):
-        torch.testing.assert_close(got, want)  # a mirror that agrees changes nothing
-    other = [torch.randn_like(level) for level in levels]
-    merged = merge_mirrored([torch.cat((level, _mirror_prediction(o))) for level, o in zip(levels, other, strict=True)])
-    for got, level, o in zip(merged, levels, other, strict=True):
-        torch.testing.assert_close(got, (level + o) / 2)
+        torch.testing.assert_close(got, want)  # views that agree change nothing
+    others = [[torch.randn_like(level) for _ in views] for level in levels]
+    flipped = [torch.cat([_flip_prediction(o, d) for o, d in zip(os, views, strict=True)]) for os in others]
+    for got, os, level in zip(merge_tta(flipped, views), others, levels, strict=True):
+        torch.testing.assert_close(got, sum(os) / len(views))
         assert got.shape == level.shape
 
 
-def test_mirror_batch_appends_mirrors_and_keeps_memory_format():
+def test_tta_batch_stacks_the_views_and_keeps_memory_format():
     batch = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).view(2, 3, 2, 4)
-    both = mirror_batch(batch.contiguous(memory_format=torch.channels_last))
+    both = tta_batch(batch.contiguous(memory_format=torch.channels_last), TTA_VIEWS["mirror"])
     assert both.shape == (4, 3, 2, 4) and both.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(both[:2], batch) and torch.equal(both[2:], batch.flip(3))
-    assert mirror_batch(batch).is_contiguous()
+    four = tta_batch(batch, TTA_VIEWS["flips"])
+    assert four.shape == (8, 3, 2, 4) and four.is_contiguous()
+    assert torch.equal(four, torch.cat((batch, batch.flip(3), batch.flip(2), batch.flip(2, 3))))
+    assert tta_batch(batch, TTA_VIEWS["off"]) is batch
+
+
+def test_tta_mode_names_and_switches():
+    assert [tta_mode(v) for v in (None, False, True, "off", "mirror", "flips")] == ["off", "off", "mirror"] + list(
+        TTA_VIEWS
+    )
+    with pytest.raises(ValueError, match="use one of: off, mirror, flips"):
+        tta_mode("both")
 
 
 def test_box_iou_and_xyxy():

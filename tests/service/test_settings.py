@@ -14,7 +14,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings()
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
     assert settings.imgsz is None  # the checkpoint's own inference size
-    assert settings.tta is False
+    assert settings.tta == "off"
     assert settings.max_delay_ms == 5.0
     assert settings.worker_metrics_port == 9101
     assert settings.api_keys == ()
@@ -37,7 +37,7 @@ def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch) ->
     assert settings.api_keys == ("key-one", "key-two")
     assert settings.auth_enabled
     assert settings.effective_max_batch(on_gpu=False) == 16
-    assert settings.half is True and settings.tta is True
+    assert settings.half is True and settings.tta == "mirror"  # the earlier on/off form: true means mirror
     assert settings.timeout_s == 2.5
     assert settings.image_queue == "edge:images"
     assert settings.worker_key("w1") == "edge:workers:w1"
@@ -53,6 +53,12 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MASENET_QUEUE_PREFIX", "has space")
     with pytest.raises(ValidationError, match="prefix"):
         Settings()
+    monkeypatch.setenv("MASENET_QUEUE_PREFIX", "edge")
+    monkeypatch.setenv("MASENET_TTA", "rotate")
+    with pytest.raises(ValidationError, match="'off', 'mirror' or 'flips'"):
+        Settings()
+    monkeypatch.setenv("MASENET_TTA", "Flips")
+    assert Settings().tta == "flips"
 
 
 def test_get_settings_is_cached_and_read_lazily(monkeypatch: pytest.MonkeyPatch) -> None:

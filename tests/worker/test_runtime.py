@@ -118,7 +118,7 @@ def test_mirror_averaging_setting_reaches_the_detector(
     settings = Settings(weights=tiny_checkpoint, device="cpu", imgsz=64, queue_prefix="runtime-test", tta=True)
     averaged = InferenceRuntime(settings, redis_client, WorkerMetrics(), worker_name="in-process")
     averaged.load()
-    assert averaged.model_info.tta and not runtime.model_info.tta
+    assert (averaged.model_info.tta, runtime.model_info.tta) == ("mirror", "off")
     image = frame(96, 64, seed=4)
     (outcome,) = averaged.run([make_task(averaged, redis_client, 0, image)])
     (expected,) = Detector(tiny_checkpoint, device="cpu", imgsz=64, tta=True).detect([image], conf=0.0001, max_det=10)
