@@ -8,7 +8,8 @@ MASENet-n) and these metadata entries, each value stored as JSON text:
     nc              number of classes
     in_channels     input channels (3)
     class_names     list of nc names
-    imgsz           training image size
+    imgsz           serving image size (`masenet train --serve-imgsz`, else the training size)
+    tta             test-time augmentation served by default: "off", "mirror" or "flips" (optional; "off")
     provenance      free dict: command, dataset, epochs, hardware, date, metrics
     format_version  FORMAT_VERSION
 
@@ -36,6 +37,7 @@ FORMAT_VERSION = 1
 ARCHITECTURE = "masenet"
 MAX_HEADER_BYTES = 100_000_000
 _REQUIRED_KEYS = ("architecture", "scale", "nc", "in_channels", "class_names", "imgsz", "format_version")
+TTA_MODES = ("off", "mirror", "flips")  # the keys of model.ops.TTA_VIEWS, named here without importing torch
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class CheckpointMeta:
     class_names: list[str]
     imgsz: int
     provenance: dict[str, Any] = field(default_factory=dict)
+    tta: str = "off"
     architecture: str = ARCHITECTURE
     format_version: int = FORMAT_VERSION
 
@@ -59,6 +62,7 @@ class CheckpointMeta:
             "in_channels": json.dumps(self.in_channels),
             "class_names": json.dumps(self.class_names),
             "imgsz": json.dumps(self.imgsz),
+            "tta": json.dumps(self.tta),
             "provenance": json.dumps(self.provenance, default=str),
             "format_version": json.dumps(self.format_version),
         }
@@ -69,11 +73,14 @@ class CheckpointMeta:
         if missing:
             raise CheckpointError(f"{source}: metadata lacks {', '.join(missing)}; it was not saved by save_checkpoint")
         try:
-            values = {key: json.loads(text) for key, text in metadata.items() if key in (*_REQUIRED_KEYS, "provenance")}
+            known = (*_REQUIRED_KEYS, "tta", "provenance")
+            values = {key: json.loads(text) for key, text in metadata.items() if key in known}
             if values["architecture"] != ARCHITECTURE:
                 raise CheckpointError(
                     f"{source}: architecture is {values['architecture']!r}, expected {ARCHITECTURE!r}"
                 )
+            if values.get("tta", "off") not in TTA_MODES:
+                raise CheckpointError(f"{source}: tta is {values['tta']!r}, expected one of {', '.join(TTA_MODES)}")
             if int(values["format_version"]) > FORMAT_VERSION:
                 raise CheckpointError(
                     f"{source}: format version {values['format_version']} is newer than this code ({FORMAT_VERSION})"
@@ -85,6 +92,7 @@ class CheckpointMeta:
                 class_names=[str(name) for name in values["class_names"]],
                 imgsz=int(values["imgsz"]),
                 provenance=dict(values.get("provenance") or {}),
+                tta=values.get("tta", "off"),
                 architecture=values["architecture"],
                 format_version=int(values["format_version"]),
             )
@@ -162,10 +170,16 @@ def save_checkpoint(
     imgsz: int,
     provenance: dict | None = None,
     half: bool = True,
+    tta: str = "off",
 ) -> Path:
-    """Write `model` and its metadata to a safetensors file; floating tensors in float16 when `half`."""
+    """Write `model` and its metadata to a safetensors file; floating tensors in float16 when `half`.
+
+    `tta` is the test-time augmentation the file's users get unless they choose another (`model.detector`).
+    """
     from safetensors.torch import save_file
 
+    if tta not in TTA_MODES:
+        raise CheckpointError(f"tta is {tta!r}, expected one of {', '.join(TTA_MODES)}")
     if len(class_names) != model.nc:
         raise CheckpointError(f"{len(class_names)} class names given for a model with nc={model.nc}")
     state = {}
@@ -182,6 +196,7 @@ def save_checkpoint(
         class_names=list(class_names),
         imgsz=int(imgsz),
         provenance=dict(provenance or {}),
+        tta=tta,
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
         help="channels-last memory format on the optimised path (default: on)",
     )
     bench.add_argument("--compile", action="store_true", help="torch.compile the optimised model")
-    add_tta_argument(bench, "both paths (what MASENET_TTA costs): ")
+    add_tta_argument(bench, "both paths (what MASENET_TTA costs): ", default="off")
     bench.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     bench.set_defaults(func=_run_bench)
 

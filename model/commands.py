@@ -7,19 +7,21 @@ from __future__ import annotations
 
 import argparse
 
-TTA_MODES = ("off", "mirror", "flips")  # the keys of model.ops.TTA_VIEWS, named here without importing torch
+from model.checkpoint import TTA_MODES
 
 
-def add_tta_argument(parser: argparse.ArgumentParser, what: str = "") -> None:
-    """`--tta [MODE]`: off (the default), mirror (also when given bare) or flips; see model/detector.py."""
+def add_tta_argument(parser: argparse.ArgumentParser, what: str = "", default: str | None = None) -> None:
+    """`--tta [MODE]`: off, mirror (also bare) or flips; a None default defers to the checkpoint (model/detector.py)."""
     parser.add_argument(
         "--tta",
         nargs="?",
         const="mirror",
-        default="off",
+        default=default,
         choices=TTA_MODES,
-        help=f"{what}test-time augmentation: bare or 'mirror' averages each frame with its left-right mirror (twice "
-        "the compute), 'flips' with all three flipped copies (four times); default off (see MODEL_CARD.md)",
+        help=f"{what}test-time augmentation: 'off', bare or 'mirror' (each frame averaged with its left-right mirror, "
+        "twice the compute), 'flips' (with all three flipped copies, four times); default "
+        + (default or "the checkpoint's (the shipped weights: flips)")
+        + " (see MODEL_CARD.md)",
     )
 
 

@@ -10,12 +10,13 @@ activations run in place, and it runs channels-last, in float32 (bfloat16 with `
 through torch.compile. Boxes come back in the original frame's pixels.
 
 float32 is the default on CUDA too. A few activations in the head of the shipped weights exceed float16's
-largest value (65,504; up to about 5e6 on synthetic frames), so float16 turns some outputs into inf and NaN
-(0.43% of the raw outputs of a batch of 8 at 960x960 on an H200). bfloat16 keeps float32's range but not
-its precision: on the same GPU, 14 detections of 129 at confidence 0.25 came or went against float32 and
-scores moved by up to 0.08, and it was no faster for masenet-n (45 ms against 31 ms a batch; one
-measurement of 20 forwards, with a small training run sharing the GPU). `half=True` is there for larger
-scales and other weights.
+largest value (65,504; above it on at least two of 128 held-out frames, up to about 191,000; up to about 5e6
+on synthetic frames for the weights shipped before), so float16 turns some outputs into inf and NaN (with
+those earlier weights, 0.43% of the raw outputs of a batch of 8 at 960x960 on an H200). bfloat16 keeps
+float32's range but not its precision: on the same GPU, 14 detections of 129 at confidence 0.25 came or went
+against float32 and scores moved by up to 0.08, and it was no faster for masenet-n (45 ms against 31 ms a
+batch; one measurement of 20 forwards, with a small training run sharing the GPU). `half=True` is there for
+larger scales and other weights.
 
 Channels-last is the default on every device. On CUDA it is what tensor-core convolutions want. On
 the CPU (oneDNN) it was measured on masenet-n, batch 8 at 320x256: with BN folded, NCHW gains only about
@@ -27,8 +28,9 @@ network, are each faster in NHWC, so no per-layer layout switching is needed. `m
 head maps anchor by anchor before decoding, so one set of boxes comes out and a flipped frame gets flipped
 detections: "mirror" (or True) adds the left-right mirror, "flips" also the up-down and the doubly flipped
 frame (the trainer flips both ways, so all four views are in distribution). Each view costs one more image
-per frame in the forward pass. For the shipped weights mirror averaging raises detection at a given
-false-alarm rate (MODEL_CARD.md, "Mirror averaging").
+per frame in the forward pass. Unset (None), it is what the checkpoint says (`CheckpointMeta.tta`; "off" for
+a model passed in directly): the shipped weights serve with "flips", the setting they were judged with
+(MODEL_CARD.md, "Flip averaging"); "off" gives four times the throughput.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ class Detector:
         model: MASENet | None = None,
         class_names: list[str] | None = None,
         imgsz: int | None = None,
-        tta: str | bool = "off",
+        tta: str | bool | None = None,
     ) -> None:
         self.device = resolve_device(device)
         weights_sha256 = None
@@ -106,6 +108,7 @@ class Detector:
             model, meta = load_checkpoint(path, device="cpu")
             class_names = class_names or meta.class_names
             imgsz = imgsz or meta.imgsz
+            tta = meta.tta if tta is None else tta
             weights_sha256 = file_sha256(path)
             logger.info("loaded %s (masenet-%s, nc=%d)", path, meta.scale, meta.nc)
         else:

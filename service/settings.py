@@ -33,10 +33,10 @@ class Settings(BaseSettings):
     imgsz: int | None = Field(
         None, ge=32, le=2048, multiple_of=32, description="default inference size (pixels); unset: the checkpoint's"
     )
-    tta: Literal["off", "mirror", "flips"] = Field(
-        "off",
-        description="test-time augmentation: mirror (or true) averages each frame with its mirror (twice the "
-        "compute), flips with all four flips (four times); off (or false) by default",
+    tta: Literal["off", "mirror", "flips"] | None = Field(
+        None,
+        description="test-time augmentation: off (or false), mirror (or true: each frame averaged with its mirror, "
+        "twice the compute), flips (all four flips, four times); unset: the checkpoint's (shipped weights: flips)",
     )
 
     max_batch: int | None = Field(
@@ -75,13 +75,15 @@ class Settings(BaseSettings):
     @field_validator("tta", mode="before")
     @classmethod
     def _tta_switch(cls, value: object) -> object:
-        """The earlier on/off form still works: true, 1, yes or on mean mirror; false, 0, no or off mean off."""
+        """The on/off form works too: true, 1, yes or on mean mirror; false, 0, no or off mean off; empty is unset."""
+        if value is None:
+            return None
         text = str(value).strip().lower()
         if text in ("true", "1", "yes", "on"):
             return "mirror"
-        if text in ("false", "0", "no", "off", "none", ""):
+        if text in ("false", "0", "no", "off", "none"):
             return "off"
-        return text
+        return text or None
 
     @field_validator("queue_prefix")
     @classmethod

@@ -112,7 +112,7 @@ def _flipped_anchors(height: int, width: int, strides: tuple[int, ...], dims: tu
 
 
 def test_mirror_averaging_gives_a_mirrored_frame_mirrored_predictions():
-    plain, averaged = Detector(imgsz=128), Detector(imgsz=128, tta=True)  # the shipped weights: scores vary
+    plain, averaged = Detector(imgsz=128, tta="off"), Detector(imgsz=128, tta=True)  # shipped weights: scores vary
     assert (plain.info["tta"], averaged.info["tta"]) == ("off", "mirror")
     batch, _ = averaged.prepare(averaged.to_tensors(_frames(1, 96, 128, seed=3)))
     mirror = _flipped_anchors(96, 128, averaged.strides, (3,))
@@ -183,6 +183,16 @@ def test_checkpoint_round_trip(tmp_path, model, detector):
     assert batch.shape == (2, 3, 96, 96)  # the checkpoint's imgsz (96) is the default: 128x96 -> 96x72, padded
     torch.testing.assert_close(from_file.infer(batch), detector.infer(batch), atol=0.05, rtol=0.01)
 
+
+def test_checkpoint_carries_its_test_time_augmentation(tmp_path, model):
+    path = save_checkpoint(tmp_path / "flips.safetensors", model, class_names=["target"], imgsz=64, tta="flips")
+    assert read_metadata(path).tta == "flips"
+    assert Detector(checkpoint=path, device="cpu").tta == "flips"  # unset: the checkpoint's
+    assert Detector(checkpoint=path, device="cpu", tta="off").views == ((),)  # an explicit choice wins
+    assert Detector(checkpoint=path, device="cpu", tta=True).tta == "mirror"
+    with pytest.raises(CheckpointError, match="tta is 'spin'"):
+        save_checkpoint(tmp_path / "bad.safetensors", model, class_names=["target"], imgsz=64, tta="spin")
+
     exact = save_checkpoint(tmp_path / "full.safetensors", model, class_names=["target"], imgsz=96, half=False)
     exact_model, _ = load_checkpoint(exact)
     for name, tensor in model.state_dict().items():
@@ -218,7 +228,8 @@ def test_checkpoint_errors(tmp_path, model):
     save_file(state, str(mismatched), metadata=metadata)
     with pytest.raises(CheckpointError, match="do not match"):
         load_checkpoint(mismatched)
-    for key, text in (("nc", "three"), ("architecture", json.dumps("yolo")), ("class_names", json.dumps(["a", "b"]))):
+    broken_keys = (("nc", "three"), ("architecture", json.dumps("yolo")), ("class_names", json.dumps(["a", "b"])))
+    for key, text in (*broken_keys, ("tta", json.dumps("spin"))):
         broken = tmp_path / f"broken-{key}.safetensors"
         save_file({"weight": torch.zeros(2)}, str(broken), metadata={**read_metadata(good).to_metadata(), key: text})
         with pytest.raises(CheckpointError):

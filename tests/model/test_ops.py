@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from model.checkpoint import TTA_MODES
 from model.imaging import to_rgb8
 from model.ops import (
     PAD_VALUE,
@@ -115,6 +116,7 @@ def test_tta_batch_stacks_the_views_and_keeps_memory_format():
 
 
 def test_tta_mode_names_and_switches():
+    assert tuple(TTA_VIEWS) == TTA_MODES  # the torch-free list the CLI and checkpoints use
     assert [tta_mode(v) for v in (None, False, True, "off", "mirror", "flips")] == ["off", "off", "mirror"] + list(
         TTA_VIEWS
     )

@@ -14,7 +14,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings()
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
     assert settings.imgsz is None  # the checkpoint's own inference size
-    assert settings.tta == "off"
+    assert settings.tta is None  # the checkpoint's: flips for the shipped weights
     assert settings.max_delay_ms == 5.0
     assert settings.worker_metrics_port == 9101
     assert settings.api_keys == ()
@@ -59,6 +59,10 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
     monkeypatch.setenv("MASENET_TTA", "Flips")
     assert Settings().tta == "flips"
+    monkeypatch.setenv("MASENET_TTA", "off")
+    assert Settings().tta == "off"
+    monkeypatch.setenv("MASENET_TTA", "")
+    assert Settings().tta is None
 
 
 def test_get_settings_is_cached_and_read_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
