@@ -30,7 +30,7 @@ detections: "mirror" (or True) adds the left-right mirror, "flips" also the up-d
 frame (the trainer flips both ways, so all four views are in distribution). Each view costs one more image
 per frame in the forward pass. Unset (None), it is what the checkpoint says (`CheckpointMeta.tta`; "off" for
 a model passed in directly): the shipped weights serve with "flips", the setting they were judged with
-(MODEL_CARD.md, "Flip averaging"); "off" gives four times the throughput.
+(MODEL_CARD.md, "Flip averaging"); "off" gives about four times the throughput.
 """
 
 from __future__ import annotations
