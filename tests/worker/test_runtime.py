@@ -125,6 +125,19 @@ def test_mirror_averaging_setting_reaches_the_detector(
     assert [Detection.model_validate(d) for d in expected] == outcome.result.detections
 
 
+def test_unset_tta_serves_the_checkpoints_own(tiny_checkpoint: Path, redis_client: redis.Redis, tmp_path: Path) -> None:
+    """MASENET_TTA unset: the worker serves the test-time augmentation the weights were saved with."""
+    from model.checkpoint import load_checkpoint, save_checkpoint
+
+    model, meta = load_checkpoint(tiny_checkpoint)
+    flips = save_checkpoint(tmp_path / "flips.safetensors", model, class_names=meta.class_names, imgsz=64, tta="flips")
+    for tta, served in ((None, "flips"), ("off", "off")):
+        settings = Settings(weights=flips, device="cpu", imgsz=64, queue_prefix="runtime-test", tta=tta)
+        runtime = InferenceRuntime(settings, redis_client, WorkerMetrics(), worker_name="in-process")
+        runtime.load()
+        assert runtime.model_info.tta == served
+
+
 def test_a_bad_image_fails_alone(runtime: InferenceRuntime, redis_client: redis.Redis) -> None:
     broken = make_task(runtime, redis_client, 1, frame(64, 48))
     broken.decoded = Future()
