@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     )
 
     max_batch: int | None = Field(
-        None, ge=1, le=1024, description="images per forward pass (times the views with tta); unset: 32 GPU, 8 CPU"
+        None, ge=1, le=1024, description="images per forward pass (each frame's tta views count); unset: 32 GPU, 8 CPU"
     )
     max_delay_ms: float = Field(5.0, ge=0, le=10_000, description="how long a worker waits to fill a batch")
     max_queue: int = Field(1024, ge=0, description="503 when the image queue would hold more images than this")

@@ -206,7 +206,9 @@ class BatchingWorker(SimpleWorker):
         )
 
     def _on_model_loaded(self, info: ModelInfo) -> None:
-        self.max_batch = self.settings.effective_max_batch(on_gpu=self.runtime.on_gpu)
+        # Frames per pass: with test-time augmentation every frame's views share the forward pass and count in it.
+        views = len(self.runtime.detector.views)
+        self.max_batch = max(1, self.settings.effective_max_batch(on_gpu=self.runtime.on_gpu) // views)
         self._decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
         self._completer = ThreadPoolExecutor(1, thread_name_prefix="complete")
         self.metrics.model_info.labels(

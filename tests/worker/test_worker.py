@@ -77,3 +77,31 @@ def test_rq_cli_runs_the_batching_worker(redis_client: redis.Redis, tiny_checkpo
     assert stored[0] == "worker.runtime.run_job" and stored[3]["payload"]["filename"] == "s0.png"  # JSON, not pickle
     assert redis_client.get(settings.worker_key("cli-worker")) is None  # the worker record left with the worker
     assert redis_client.keys(f"{prefix}:data:*") == []
+
+
+def test_flip_views_count_against_the_batch(redis_client: redis.Redis, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """MASENET_MAX_BATCH counts images per forward pass: with flip averaging a frame is four of them."""
+    from model.checkpoint import load_checkpoint, save_checkpoint
+
+    model, meta = load_checkpoint(tiny_checkpoint)
+    flips = save_checkpoint(tmp_path / "flips.safetensors", model, class_names=meta.class_names, imgsz=64, tta="flips")
+    prefix = new_prefix()
+    broker = JobBroker(make_settings(prefix))
+    uploads = [ImageUpload(f"f{index}.png", png_bytes(64, 48, seed=index), 64, 48) for index in range(5)]
+    submission = broker.enqueue(uploads, DetectParams(imgsz=64))
+    env = {
+        **os.environ,
+        "MASENET_QUEUE_PREFIX": prefix,
+        "MASENET_WEIGHTS": str(flips),
+        "MASENET_DEVICE": "cpu",
+        "MASENET_MAX_BATCH": "8",
+        "MASENET_MAX_DELAY_MS": "20",
+        "MASENET_WORKER_METRICS_PORT": "0",
+    }
+    command = [sys.executable, "-m", "rq.cli", "worker", "-w", "worker.worker.BatchingWorker", "--url", REDIS_URL]
+    command += ["--burst", "--name", "flips-worker", f"{prefix}:images"]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    replies = [ReplyMessage.model_validate_json(item) for item in redis_client.lrange(submission.reply_key, 0, -1)]
+    assert len(replies) == 5 and all(reply.failure is None and reply.model.tta == "flips" for reply in replies)
+    assert max(reply.result.batch_size for reply in replies) == 2  # 8 images per pass: 2 frames and their views
