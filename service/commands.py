@@ -159,7 +159,7 @@ def run_bench_service(args: argparse.Namespace) -> int:
         max_batch = DEFAULT_MAX_BATCH_GPU if on_gpu else DEFAULT_MAX_BATCH_CPU
     bare = None
     if not args.skip_bare:  # measured while the service is idle, around every level (see service/bench.py)
-        print(f"bare model: Detector.detect on {width}x{height} frames, batch {max_batch}, imgsz {args.imgsz} ...")
+        print(f"bare model: Detector.detect on {width}x{height} frames, {max_batch} images a pass, imgsz {args.imgsz}")
         bare = bench.BareModel(frames, weights, device, max_batch, args.imgsz).throughput
 
     group = ProcessGroup()

@@ -11,7 +11,7 @@ def test_each_level_is_compared_with_its_own_bare_reference() -> None:
     lines = format_table([fast, slow], max_batch=8).splitlines()
     assert lines[2].split()[-2:] == ["12.5", "0.80x"]
     assert lines[3].split()[-2:] == ["8.0", "1.00x"]
-    assert "batch 8" in lines[-1]
+    assert "8 images per pass" in lines[-1]
 
 
 def test_without_a_bare_reference_the_ratio_is_left_out() -> None:
