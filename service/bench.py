@@ -75,13 +75,16 @@ def match_worker_cpu_policy() -> None:
 
 class BareModel:
     """`Detector.detect` in this process, as many frames at a time as a worker with `MASENET_MAX_BATCH=batch` takes
-    (test-time views count against it): the reference the service is held to."""
+    (test-time views count against it), with the worker's test-time augmentation: the reference the service is held
+    to."""
 
-    def __init__(self, frames: list[np.ndarray], weights: str | None, device: str, batch: int, imgsz: int) -> None:
+    def __init__(
+        self, frames: list[np.ndarray], weights: str | None, device: str, batch: int, imgsz: int, tta: str | None = None
+    ) -> None:
         match_worker_cpu_policy()
         from model.detector import Detector
 
-        self.detector = Detector(checkpoint=weights, device=device, imgsz=imgsz)
+        self.detector = Detector(checkpoint=weights, device=device, imgsz=imgsz, tta=tta)
         frames_per_pass = max(1, batch // len(self.detector.views))
         self.chunk = [frames[index % len(frames)] for index in range(frames_per_pass)]
         self.imgsz = imgsz

@@ -160,7 +160,7 @@ def run_bench_service(args: argparse.Namespace) -> int:
     bare = None
     if not args.skip_bare:  # measured while the service is idle, around every level (see service/bench.py)
         print(f"bare model: Detector.detect on {width}x{height} frames, {max_batch} images a pass, imgsz {args.imgsz}")
-        bare = bench.BareModel(frames, weights, device, max_batch, args.imgsz).throughput
+        bare = bench.BareModel(frames, weights, device, max_batch, args.imgsz, settings.tta).throughput
 
     group = ProcessGroup()
     try:
