@@ -179,6 +179,10 @@ class Detector:
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch, params
 
+    def frames_per_pass(self, images: int) -> int:
+        """How many frames fit a forward pass of `images` images when each frame brings its test-time views."""
+        return max(1, images // len(self.views))
+
     def infer(self, batch: Tensor) -> Tensor:
         """Forward and decode: (B, 3, H, W) to (B, 4 + nc, A) float32 boxes (cx, cy, w, h) and scores.
 

@@ -85,8 +85,7 @@ class BareModel:
         from model.detector import Detector
 
         self.detector = Detector(checkpoint=weights, device=device, imgsz=imgsz, tta=tta)
-        frames_per_pass = max(1, batch // len(self.detector.views))
-        self.chunk = [frames[index % len(frames)] for index in range(frames_per_pass)]
+        self.chunk = [frames[index % len(frames)] for index in range(self.detector.frames_per_pass(batch))]
         self.imgsz = imgsz
         for _ in range(2):
             self.detector.detect(self.chunk, imgsz=imgsz)

@@ -206,9 +206,8 @@ class BatchingWorker(SimpleWorker):
         )
 
     def _on_model_loaded(self, info: ModelInfo) -> None:
-        # Frames per pass: with test-time augmentation every frame's views share the forward pass and count in it.
-        views = len(self.runtime.detector.views)
-        self.max_batch = max(1, self.settings.effective_max_batch(on_gpu=self.runtime.on_gpu) // views)
+        # MASENET_MAX_BATCH counts images per forward pass; with test-time augmentation each frame brings its views.
+        self.max_batch = self.runtime.detector.frames_per_pass(self.settings.effective_max_batch(self.runtime.on_gpu))
         self._decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
         self._completer = ThreadPoolExecutor(1, thread_name_prefix="complete")
         self.metrics.model_info.labels(

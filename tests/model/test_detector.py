@@ -129,6 +129,7 @@ def test_mirror_averaging_gives_a_mirrored_frame_mirrored_predictions():
 def test_flip_averaging_gives_a_flipped_frame_flipped_predictions(dims):
     mirror_only, averaged = Detector(imgsz=128, tta="mirror"), Detector(imgsz=128, tta="flips")
     assert averaged.info["tta"] == "flips" and len(averaged.views) == 4
+    assert (averaged.frames_per_pass(8), mirror_only.frames_per_pass(8), averaged.frames_per_pass(3)) == (2, 4, 1)
     batch, _ = averaged.prepare(averaged.to_tensors(_frames(1, 96, 128, seed=5)))
     moved = _flipped_anchors(96, 128, averaged.strides, dims)
     if 2 in dims:  # mirror averaging alone is not symmetric up and down
