@@ -116,22 +116,22 @@ def merge_tta(levels: Sequence[Tensor], views: Sequence[tuple[int, ...]], reg_ma
     """
     if len(views) == 1 and not views[0]:
         return list(levels)
-    merged = []
-    for level in levels:
-        total = None
-        for view, dims in zip(level.chunk(len(views), dim=0), views, strict=True):
-            if dims:
-                left, top, right, bottom, classes = view.flip(dims).split(
-                    (reg_max,) * 4 + (level.shape[1] - 4 * reg_max,), 1
-                )
-                if 3 in dims:
-                    left, right = right, left
-                if 2 in dims:
-                    top, bottom = bottom, top
-                view = torch.cat((left, top, right, bottom, classes), dim=1)
-            total = view if total is None else total + view
-        merged.append(total / len(views))
-    return merged
+    return [
+        sum(_unflip(v, d, reg_max) for v, d in zip(level.chunk(len(views)), views, strict=True)) / len(views)
+        for level in levels
+    ]
+
+
+def _unflip(maps: Tensor, dims: tuple[int, ...], reg_max: int) -> Tensor:
+    """One view's raw head maps flipped back along `dims`, with the distance bins of the flipped sides swapped."""
+    if not dims:
+        return maps
+    left, top, right, bottom, classes = maps.flip(dims).split((reg_max,) * 4 + (maps.shape[1] - 4 * reg_max,), 1)
+    if 3 in dims:
+        left, right = right, left
+    if 2 in dims:
+        top, bottom = bottom, top
+    return torch.cat((left, top, right, bottom, classes), dim=1)
 
 
 def xywh_to_xyxy(boxes: Tensor) -> Tensor:
