@@ -1,10 +1,11 @@
 # syntax=docker/dockerfile:1
 # One image for the MASENet API (`masenet serve`, the default command) and its workers (`masenet worker`).
 #
-# The base image brings CUDA, cuDNN and torch; pip installs the project's other dependencies around that
-# torch and never replaces it (the build fails if it would). The same image runs on CPU-only hosts.
+# The Python the locks were resolved for; torch comes from PyPI (its Linux build brings CUDA as pip packages),
+# pinned by requirements/torch.txt, and everything else from the hash-checked runtime lock, exactly as CI tests it.
+# The same image runs on CPU-only hosts.
 # Build: docker build -t masenet:latest .   (BuildKit, the default builder since Docker 23)
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+FROM python:3.11-slim-bookworm
 
 LABEL org.opencontainers.image.title="masenet" \
       org.opencontainers.image.description="MASENet infrared small-target detection: HTTP API and batched workers"
@@ -21,26 +22,18 @@ RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/mas
  && mkdir -p /data/jobs \
  && chown masenet:masenet /data/jobs
 
-# Dependencies layer: rebuilt only when pyproject.toml changes. The requirements of the `model` and
-# `serve` extras are read from pyproject.toml; torch is pinned to the base image's own build so that pip
-# either keeps it or stops with an error.
-RUN --mount=type=bind,source=pyproject.toml,target=/tmp/build/pyproject.toml \
-    python -c "import tomllib, torch; \
-project = tomllib.load(open('/tmp/build/pyproject.toml', 'rb'))['project']; \
-extras = project['optional-dependencies']; \
-requirements = project['dependencies'] + extras['model'] + extras['serve']; \
-open('/tmp/build/requirements.txt', 'w').write('\n'.join(requirements) + '\n'); \
-open('/tmp/build/constraints.txt', 'w').write('torch==' + torch.__version__.split('+')[0] + '\n'); \
-open('/tmp/build/torch-version', 'w').write(torch.__version__)" \
- && pip install --no-cache-dir -r /tmp/build/requirements.txt -c /tmp/build/constraints.txt \
- && python -c "import torch; \
-assert torch.__version__ == open('/tmp/build/torch-version').read(), 'pip replaced the base image torch'" \
- && rm -rf /tmp/build
+# Dependencies layer: rebuilt only when the locks change. torch first (requirements/torch.txt), then every other
+# package at its locked version with its hashes (requirements/runtime.txt: the `model` and `serve` extras), then
+# a check that torch's own requirements are met.
+RUN --mount=type=bind,source=requirements,target=/tmp/requirements \
+    pip install --no-cache-dir -r /tmp/requirements/torch.txt \
+ && pip install --no-cache-dir --require-hashes --no-deps -r /tmp/requirements/runtime.txt \
+ && pip check
 
 # Source layer: the packages and their data (the shipped weights), installed without touching the
 # dependencies. The build context is bind-mounted, so the sources are not kept twice in the image.
 RUN --mount=type=bind,source=.,target=/tmp/src,rw \
-    pip install --no-cache-dir --no-deps /tmp/src \
+    pip install --no-cache-dir --no-deps --no-build-isolation /tmp/src \
  && python -c "import importlib.resources as resources; \
 weights = resources.files('model') / 'weights' / 'masenet-n-synthetic.safetensors'; \
 assert weights.is_file(), 'the shipped weights are missing from the package'" \

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up and run the test suite: system tools, torch first (pinned CPU wheel), the project, lint, tests.
+# Set up and run the test suite: system tools, the project's virtualenv from the locks (scripts/setup.sh),
+# lint, tests. Arguments go to pytest (for example `bash scripts/test.sh tests/model -k nms`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v promtool >/dev/null || ! command -v redis-server >/dev/null; then
@@ -9,8 +10,8 @@ if ! command -v promtool >/dev/null || ! command -v redis-server >/dev/null; the
     sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends prometheus redis-server >/dev/null
   fi
 fi
-python3 -m pip install -q torch==2.13.0
-python3 -m pip install -q -e '.[dev]'
-python3 -m ruff check .
-python3 -m ruff format --check .
-python3 -m pytest -q "$@"
+bash scripts/setup.sh
+source .venv/bin/activate
+python -m ruff check .
+python -m ruff format --check .
+python -m pytest -q "$@"

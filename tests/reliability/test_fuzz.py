@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -156,34 +158,51 @@ schemathesis.openapi.media_type("video/mp4", videos())
 # ------------------------------------------------------------------------------------------- fixtures
 
 
+# The schema is loaded when the module is collected, from an app whose settings are fixed here: schemathesis then
+# parametrizes one test per operation. The worker, the storage folder and the real jobs come from `fuzz_target`.
+PREFIX = new_prefix()
+STORAGE = Path(tempfile.gettempdir()) / PREFIX
+APP_SETTINGS = make_settings(
+    PREFIX,
+    timeout_s=60.0,
+    storage=STORAGE,
+    max_pixels=MAX_PIXELS,
+    max_upload_bytes=4_000_000,
+    max_video_bytes=2_000_000,
+    max_video_seconds=30.0,
+)
+JOBS: dict[str, list[str]] = {}  # "read": finished job ids, "delete": queued ones; filled by fuzz_target
+schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(APP_SETTINGS))
+
+
+@schema.hook
+def before_generate_path_parameters(context: schemathesis.HookContext, strategy: st.SearchStrategy) -> Any:
+    """`/jobs/{job_id}` routes get the schema's ids and ids of real jobs (drawn once the fixture made them)."""
+    if "{job_id}" not in context.operation.path:
+        return strategy
+    pool = "delete" if context.operation.method.upper() == "DELETE" else "read"
+    real = st.deferred(lambda: st.sampled_from(JOBS[pool]))
+    return st.one_of(strategy, real.map(lambda job_id: {"job_id": job_id}))
+
+
 @pytest.fixture(scope="module")
 def fuzz_target(
     redis_client: redis.Redis, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Any]]:
-    """One worker, an app on its queues, and real video jobs for the `/jobs/{job_id}` routes."""
-    prefix = new_prefix()
-    root = tmp_path_factory.mktemp("fuzz")
-    storage = root / "storage"
+) -> Iterator[WorkerProcess]:
+    """One worker on the app's queues, and real video jobs for the `/jobs/{job_id}` routes."""
+    log = tmp_path_factory.mktemp("fuzz") / "worker.log"
     worker = WorkerProcess(
-        prefix, tiny_checkpoint, root / "worker.log", MASENET_STORAGE=str(storage), MASENET_MAX_PIXELS=str(MAX_PIXELS)
+        PREFIX, tiny_checkpoint, log, MASENET_STORAGE=str(STORAGE), MASENET_MAX_PIXELS=str(MAX_PIXELS)
     )
     worker.start()
     try:
         worker.wait_for(redis_client, "ready")
-        app_settings = make_settings(
-            prefix,
-            timeout_s=60.0,
-            storage=storage,
-            max_pixels=MAX_PIXELS,
-            max_upload_bytes=4_000_000,
-            max_video_bytes=2_000_000,
-            max_video_seconds=30.0,
-        )
-        with TestClient(create_app(app_settings)) as client:
-            jobs = existing_jobs(client)
-        yield {"app": create_app(app_settings), "worker": worker, "jobs": jobs, "settings": app_settings}
+        with TestClient(create_app(APP_SETTINGS)) as client:
+            JOBS.update(existing_jobs(client))
+        yield worker
     finally:
         worker.stop()
+        shutil.rmtree(STORAGE, ignore_errors=True)
 
 
 def existing_jobs(client: TestClient) -> dict[str, list[str]]:
@@ -213,21 +232,6 @@ def wait_until_final(client: TestClient, job_id: str) -> None:
     raise AssertionError(f"job {job_id} did not finish within {JOB_WAIT_S} s")
 
 
-@pytest.fixture(scope="module")
-def api_schema(fuzz_target: dict[str, Any]) -> schemathesis.BaseSchema:
-    schema = schemathesis.openapi.from_asgi("/openapi.json", fuzz_target["app"])
-    jobs = fuzz_target["jobs"]
-
-    @schema.hook
-    def before_generate_path_parameters(context: schemathesis.HookContext, strategy: st.SearchStrategy) -> Any:
-        if "{job_id}" not in context.operation.path:
-            return strategy
-        pool = jobs["delete"] if context.operation.method.upper() == "DELETE" else jobs["read"]
-        return st.one_of(strategy, st.sampled_from(pool).map(lambda job_id: {"job_id": job_id}))
-
-    return schema
-
-
 def lower_imgsz(query: Any) -> Any:
     """A valid imgsz above MAX_IMGSZ (int or text) becomes MAX_IMGSZ, of the same type; anything else is kept."""
     value = query.get("imgsz") if isinstance(query, dict) else None
@@ -242,15 +246,12 @@ def lower_imgsz(query: Any) -> Any:
     return query
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
-
-
 # ---------------------------------------------------------------------------------------------- tests
 
 
 @schema.parametrize()
 @FUZZ_SETTINGS
-def test_no_generated_request_gets_a_server_error(case: schemathesis.Case, fuzz_target: dict[str, Any]) -> None:
+def test_no_generated_request_gets_a_server_error(case: schemathesis.Case, fuzz_target: WorkerProcess) -> None:
     if case.query:
         case.query = lower_imgsz(case.query)  # here, not in a hook: the coverage phase's cases skip the map hooks
     response = case.call(timeout=REQUEST_TIMEOUT_S)
@@ -258,8 +259,7 @@ def test_no_generated_request_gets_a_server_error(case: schemathesis.Case, fuzz_
     if response.status_code == 422 and b"could not be read" in response.content:
         OUTCOMES[f"{case.method} {case.path} 422 from the worker"] += 1
     case.validate_response(response, checks=[not_a_server_error])
-    worker = fuzz_target["worker"]
-    assert worker.process.poll() is None, worker.log_tail()
+    assert fuzz_target.process.poll() is None, fuzz_target.log_tail()
 
 
 def test_the_fuzzing_reached_the_worker_and_real_jobs() -> None:
@@ -314,9 +314,9 @@ async def call_raw(app: FastAPI, path: str, headers: list[tuple[bytes, bytes]], 
 
 
 @pytest.fixture(scope="module")
-def raw_app(fuzz_target: dict[str, Any]) -> FastAPI:
+def raw_app() -> FastAPI:
     """An app of its own: these requests run on their own event loops and never get as far as Redis."""
-    return create_app(fuzz_target["settings"])
+    return create_app(APP_SETTINGS)
 
 
 LATIN1_TEXT = st.text(st.characters(min_codepoint=1, max_codepoint=255, exclude_characters="\r\n"), max_size=24)
