@@ -8,7 +8,11 @@ MASENet-n) and these metadata entries, each value stored as JSON text:
     nc              number of classes
     in_channels     input channels (3)
     class_names     list of nc names
-    imgsz           serving image size (`masenet train --serve-imgsz`, else the training size)
+    imgsz           serving image size (`masenet train --serve-imgsz`, else the training size): the longer side a
+                    frame is resized to when the file has no pixel_scale, or a request asks for a fixed size
+    pixel_scale     the pixel scale the network was trained at (`masenet train --serve-scale`, else derived from
+                    the training frames): every frame is resized by this factor by default (optional; files
+                    without it resize the longer side to imgsz, as before)
     tta             test-time augmentation served by default: "off", "mirror" or "flips" (optional; "off")
     provenance      free dict: command, dataset, epochs, hardware, date, metrics
     format_version  FORMAT_VERSION
@@ -37,6 +41,7 @@ FORMAT_VERSION = 1
 ARCHITECTURE = "masenet"
 MAX_HEADER_BYTES = 100_000_000
 _REQUIRED_KEYS = ("architecture", "scale", "nc", "in_channels", "class_names", "imgsz", "format_version")
+MAX_PIXEL_SCALE = 8.0
 TTA_MODES = ("off", "mirror", "flips")  # the keys of model.ops.TTA_VIEWS, named here without importing torch
 
 
@@ -51,6 +56,7 @@ class CheckpointMeta:
     imgsz: int
     provenance: dict[str, Any] = field(default_factory=dict)
     tta: str = "off"
+    pixel_scale: float | None = None
     architecture: str = ARCHITECTURE
     format_version: int = FORMAT_VERSION
 
@@ -63,6 +69,7 @@ class CheckpointMeta:
             "class_names": json.dumps(self.class_names),
             "imgsz": json.dumps(self.imgsz),
             "tta": json.dumps(self.tta),
+            "pixel_scale": json.dumps(self.pixel_scale),
             "provenance": json.dumps(self.provenance, default=str),
             "format_version": json.dumps(self.format_version),
         }
@@ -73,7 +80,7 @@ class CheckpointMeta:
         if missing:
             raise CheckpointError(f"{source}: metadata lacks {', '.join(missing)}; it was not saved by save_checkpoint")
         try:
-            known = (*_REQUIRED_KEYS, "tta", "provenance")
+            known = (*_REQUIRED_KEYS, "tta", "pixel_scale", "provenance")
             values = {key: json.loads(text) for key, text in metadata.items() if key in known}
             if values["architecture"] != ARCHITECTURE:
                 raise CheckpointError(
@@ -81,6 +88,13 @@ class CheckpointMeta:
                 )
             if values.get("tta", "off") not in TTA_MODES:
                 raise CheckpointError(f"{source}: tta is {values['tta']!r}, expected one of {', '.join(TTA_MODES)}")
+            pixel_scale = values.get("pixel_scale")
+            if pixel_scale is not None and not (
+                isinstance(pixel_scale, int | float) and 0 < pixel_scale <= MAX_PIXEL_SCALE
+            ):
+                raise CheckpointError(
+                    f"{source}: pixel_scale is {pixel_scale!r}, expected a number in (0, {MAX_PIXEL_SCALE}]"
+                )
             if int(values["format_version"]) > FORMAT_VERSION:
                 raise CheckpointError(
                     f"{source}: format version {values['format_version']} is newer than this code ({FORMAT_VERSION})"
@@ -93,6 +107,7 @@ class CheckpointMeta:
                 imgsz=int(values["imgsz"]),
                 provenance=dict(values.get("provenance") or {}),
                 tta=values.get("tta", "off"),
+                pixel_scale=float(pixel_scale) if pixel_scale is not None else None,
                 architecture=values["architecture"],
                 format_version=int(values["format_version"]),
             )
@@ -171,15 +186,19 @@ def save_checkpoint(
     provenance: dict | None = None,
     half: bool = True,
     tta: str = "off",
+    pixel_scale: float | None = None,
 ) -> Path:
     """Write `model` and its metadata to a safetensors file; floating tensors in float16 when `half`.
 
-    `tta` is the test-time augmentation the file's users get unless they choose another (`model.detector`).
+    `tta` is the test-time augmentation the file's users get unless they choose another (`model.detector`);
+    `pixel_scale` the factor frames are resized by by default (None: the longer side to `imgsz`).
     """
     from safetensors.torch import save_file
 
     if tta not in TTA_MODES:
         raise CheckpointError(f"tta is {tta!r}, expected one of {', '.join(TTA_MODES)}")
+    if pixel_scale is not None and not 0 < pixel_scale <= MAX_PIXEL_SCALE:
+        raise CheckpointError(f"pixel_scale is {pixel_scale!r}, expected a number in (0, {MAX_PIXEL_SCALE}]")
     if len(class_names) != model.nc:
         raise CheckpointError(f"{len(class_names)} class names given for a model with nc={model.nc}")
     state = {}
@@ -197,6 +216,7 @@ def save_checkpoint(
         imgsz=int(imgsz),
         provenance=dict(provenance or {}),
         tta=tta,
+        pixel_scale=float(pixel_scale) if pixel_scale is not None else None,
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,12 @@ the CPU (oneDNN) it was measured on masenet-n, batch 8 at 320x256: with BN folde
 network, are each faster in NHWC, so no per-layer layout switching is needed. `masenet bench model
 --no-channels-last` repeats the comparison on other hardware.
 
+Frames are resized by the pixel scale the network was trained at (`CheckpointMeta.pixel_scale`, 1.5 for the
+shipped weights), whatever their size, so a target covers as many input pixels as it did in training: a 320x256
+frame runs at 480x384, a 1280x1024 one at 1920x1536. `imgsz` (the longer side) overrides that with a fixed size,
+and is the rule for checkpoints without a pixel scale. `prepare`, `infer`, `detect` and `gradcam` take either
+per call, and the test-time augmentation too.
+
 `tta` (test-time augmentation) runs each frame together with flipped copies of itself and averages the raw
 head maps anchor by anchor before decoding, so one set of boxes comes out and a flipped frame gets flipped
 detections: "mirror" (or True) adds the left-right mirror, "flips" also the up-down and the doubly flipped
@@ -100,13 +106,18 @@ class Detector:
         class_names: list[str] | None = None,
         imgsz: int | None = None,
         tta: str | bool | None = None,
+        pixel_scale: float | None = None,
     ) -> None:
+        if imgsz is not None and pixel_scale is not None:
+            raise ValueError("give imgsz (a fixed longer side) or pixel_scale (a resize factor), not both")
         self.device = resolve_device(device)
         weights_sha256 = None
         if model is None:
             path = Path(checkpoint) if checkpoint is not None else default_weights_path()
             model, meta = load_checkpoint(path, device="cpu")
             class_names = class_names or meta.class_names
+            if imgsz is None and pixel_scale is None:
+                pixel_scale = meta.pixel_scale
             imgsz = imgsz or meta.imgsz
             tta = meta.tta if tta is None else tta
             weights_sha256 = file_sha256(path)
@@ -117,6 +128,7 @@ class Detector:
         if len(self.class_names) != model.nc:
             raise ValueError(f"{len(self.class_names)} class names for a model with nc={model.nc}")
         self.imgsz = int(imgsz or DEFAULT_IMGSZ)
+        self.pixel_scale = float(pixel_scale) if pixel_scale is not None else None
         self.half = bool(half)
         self.dtype = torch.bfloat16 if self.half else torch.float32
         self.channels_last = channels_last
@@ -144,6 +156,7 @@ class Detector:
             "nc": model.nc,
             "class_names": list(self.class_names),
             "imgsz": self.imgsz,
+            "pixel_scale": self.pixel_scale,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "tta": self.tta,
@@ -171,26 +184,44 @@ class Detector:
             tensors.append(tensor.permute(2, 0, 1))
         return tensors
 
-    def prepare(self, tensors: list[Tensor], imgsz: int | None = None) -> tuple[Tensor, list[LetterboxParams]]:
+    def resize_rule(self, imgsz: int | None = None, pixel_scale: float | None = None) -> dict[str, Any]:
+        """The letterbox arguments for a call: its own imgsz or pixel_scale, else the detector's default."""
+        if imgsz is not None and pixel_scale is not None:
+            raise ValueError("give imgsz (a fixed longer side) or pixel_scale (a resize factor), not both")
+        if imgsz is not None:
+            return {"imgsz": int(imgsz), "pixel_scale": None}
+        if pixel_scale is not None or self.pixel_scale is not None:
+            return {"imgsz": None, "pixel_scale": float(pixel_scale or self.pixel_scale)}
+        return {"imgsz": self.imgsz, "pixel_scale": None}
+
+    def prepare(
+        self, tensors: list[Tensor], imgsz: int | None = None, pixel_scale: float | None = None
+    ) -> tuple[Tensor, list[LetterboxParams]]:
         """Letterbox on the device into one batch in the model's dtype and memory format."""
-        batch, params = letterbox(tensors, imgsz or self.imgsz, stride=max(self.strides))
+        batch, params = letterbox(tensors, stride=max(self.strides), **self.resize_rule(imgsz, pixel_scale))
         batch = batch.to(self.dtype)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch, params
 
-    def frames_per_pass(self, images: int) -> int:
-        """How many frames fit a forward pass of `images` images when each frame brings its test-time views."""
-        return max(1, images // len(self.views))
+    def views_for(self, tta: str | bool | None = None) -> tuple[tuple[int, ...], ...]:
+        """The flips each frame runs with: those of `tta` when given, else the detector's default."""
+        return self.views if tta is None else TTA_VIEWS[tta_mode(tta)]
 
-    def infer(self, batch: Tensor) -> Tensor:
+    def frames_per_pass(self, images: int, tta: str | bool | None = None) -> int:
+        """How many frames fit a forward pass of `images` images when each frame brings its test-time views."""
+        return max(1, images // len(self.views_for(tta)))
+
+    def infer(self, batch: Tensor, tta: str | bool | None = None) -> Tensor:
         """Forward and decode: (B, 3, H, W) to (B, 4 + nc, A) float32 boxes (cx, cy, w, h) and scores.
 
-        With `tta` each image's views (V of them) run in one forward of V*B and their raw head maps are averaged.
+        With test-time augmentation (`tta`, default the detector's) each image's views (V of them) run in one
+        forward of V*B and their raw head maps are averaged.
         """
+        views = self.views_for(tta)
         with torch.inference_mode():
-            levels = [level.float() for level in self.model(tta_batch(batch, self.views))]
-            return decode_levels(merge_tta(levels, self.views, self.reg_max), self.strides, self.reg_max)
+            levels = [level.float() for level in self.model(tta_batch(batch, views))]
+            return decode_levels(merge_tta(levels, views, self.reg_max), self.strides, self.reg_max)
 
     def postprocess(
         self,
@@ -228,9 +259,11 @@ class Detector:
         iou: float | Sequence[float] = 0.45,
         max_det: int | Sequence[int] = 300,
         imgsz: int | None = None,
+        pixel_scale: float | None = None,
+        tta: str | bool | None = None,
     ) -> list[list[dict]]:
         """Detections for each frame, in the frame's own pixel coordinates."""
         if not frames:
             return []
-        batch, params = self.prepare(self.to_tensors(frames), imgsz)
-        return self.postprocess(self.infer(batch), params, conf=conf, iou=iou, max_det=max_det)
+        batch, params = self.prepare(self.to_tensors(frames), imgsz, pixel_scale)
+        return self.postprocess(self.infer(batch, tta), params, conf=conf, iou=iou, max_det=max_det)

@@ -6,7 +6,7 @@ score of its best anchor, so every image still gets a map. One backward for the 
 gradients; per layer the map is ReLU(sum_c mean(grad_c) * activation_c) (Selvaraju et al., 2017). Each map
 is upsampled to the letterboxed input, cropped to the frame, resized to the original size and normalised to
 0..1 per image; the two layers are averaged, coloured with a jet look-up table and blended over the frame.
-With test-time augmentation (`Detector(tta="mirror")` or `"flips"`) every frame's flipped views go through
+With test-time augmentation (`tta="mirror"` or `"flips"`, default the detector's) every frame's flipped views go through
 together, the detections are those of the averaged head maps, and each frame's map is the mean of its views'
 maps, each flipped back.
 """
@@ -86,14 +86,16 @@ def gradcam(
     max_det: int | Sequence[int] = 300,
     imgsz: int | None = None,
     alpha: float = 0.45,
+    pixel_scale: float | None = None,
+    tta: str | None = None,
 ) -> tuple[list[list[dict]], list[np.ndarray]]:
     """Detections and a Grad-CAM overlay (H, W, 3) uint8 per frame, the same size as the frame."""
     if not frames:
         return [], []
     module = detector.float_module()
     layers = list(module.gradcam_layers())
-    batch, params = detector.prepare(detector.to_tensors(frames), imgsz)
-    views = detector.views
+    batch, params = detector.prepare(detector.to_tensors(frames), imgsz, pixel_scale)
+    views = detector.views_for(tta)
     batch = tta_batch(batch, views).float().requires_grad_(True)  # gradients flow from the input, whatever the flags
     activations: list[Tensor] = []
     handles = [layer.register_forward_hook(lambda _m, _i, output: activations.append(output)) for layer in layers]

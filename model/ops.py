@@ -7,9 +7,10 @@ the tests share one definition of each step:
                   --non_max_suppression--> per image (N, 6): x1, y1, x2, y2, score, class
                   --scale_boxes--> boxes in the original frame's pixels
 
-Letterboxing keeps the aspect ratio: the longer side becomes `imgsz`, each side is padded up to a multiple
-of the network stride (centred, grey 114), and a batch of mixed sizes is padded bottom/right to the largest
-height and width. No torchvision: NMS is written in torch so CPU and CUDA builds behave the same.
+Letterboxing keeps the aspect ratio: each frame is resized by a fixed factor (`pixel_scale`, the pixel scale the
+network was trained at) or so that its longer side becomes `imgsz`, each side is padded up to a multiple of the
+network stride (centred, grey 114), and a batch of mixed sizes is padded bottom/right to the largest height and
+width; every frame keeps its own factor. No torchvision: NMS is written in torch so CPU and CUDA builds behave the same.
 """
 
 from __future__ import annotations
@@ -286,21 +287,26 @@ def _round_up(value: int, multiple: int) -> int:
     return int(math.ceil(value / multiple) * multiple)
 
 
-def letterbox(images: list[Tensor], imgsz: int, stride: int = 32) -> tuple[Tensor, list[LetterboxParams]]:
-    """Resize (3, H, W) uint8 frames on their device to fit `imgsz`, pad to stride multiples, stack into a batch.
+def letterbox(
+    images: list[Tensor], imgsz: int | None = None, stride: int = 32, pixel_scale: float | None = None
+) -> tuple[Tensor, list[LetterboxParams]]:
+    """Resize (3, H, W) uint8 frames on their device, pad to stride multiples, stack into a batch.
 
+    Each frame is resized by `pixel_scale` when given, else so that its longer side is `imgsz` (one of the two).
     Returns a (B, 3, H', W') float batch in 0..1 and per-frame LetterboxParams. A frame is padded evenly on
     both sides of each axis up to a multiple of `stride`; the batch is then padded bottom/right to its
     largest height and width, so frames of different sizes share one tensor.
     """
     if not images:
         raise ValueError("letterbox needs at least one image")
+    if (imgsz is None) == (pixel_scale is None):
+        raise ValueError("letterbox needs either imgsz or pixel_scale")
     placed: list[tuple[Tensor, LetterboxParams]] = []
     for image in images:
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a (3, H, W) image, got shape {tuple(image.shape)}")
         height, width = int(image.shape[1]), int(image.shape[2])
-        scale = imgsz / max(height, width)
+        scale = pixel_scale if pixel_scale is not None else imgsz / max(height, width)
         pixels = image.float().div_(255.0)[None]  # (1, 3, H, W)
         resized_height, resized_width = max(1, round(height * scale)), max(1, round(width * scale))
         if (resized_height, resized_width) != (height, width):

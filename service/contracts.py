@@ -8,6 +8,7 @@ BLPOP. Workers announce themselves under `<prefix>:workers:<name>` with a `Worke
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from typing import Literal
 
@@ -32,6 +33,12 @@ class FailureKind(str, Enum):
     TIMEOUT = "timeout"
 
 
+TtaMode = Literal["off", "mirror", "flips"]
+TTA_VIEW_COUNTS: dict[str, int] = {"off": 1, "mirror": 2, "flips": 4}  # images per frame (model.ops.TTA_VIEWS)
+MAX_PIXEL_SCALE = 8.0  # model.checkpoint.MAX_PIXEL_SCALE
+NETWORK_STRIDE = 32  # every input side is padded to a multiple of the largest stride
+
+
 class DetectParams(BaseModel):
     """Per-image inference parameters, already validated by the API."""
 
@@ -40,8 +47,23 @@ class DetectParams(BaseModel):
     conf: float = Field(0.25, ge=0.0, le=1.0)
     iou: float = Field(0.45, ge=0.0, le=1.0)
     max_det: int = Field(300, ge=1, le=1000)
-    imgsz: int | None = Field(None, ge=32, le=2048, multiple_of=32, description="None: the model's own size")
+    imgsz: int | None = Field(
+        None, ge=32, le=2048, multiple_of=32, description="a fixed longer side; None: resize by the pixel scale"
+    )
+    pixel_scale: float | None = Field(
+        None, gt=0.0, le=MAX_PIXEL_SCALE, description="resize factor; None: the model's (the scale it trained at)"
+    )
+    tta: TtaMode | None = Field(None, description="test-time augmentation; None: the worker's default")
     gradcam: bool = False
+
+
+def input_pixels(width: int, height: int, scale: float) -> int:
+    """Pixels of the network input that a width x height frame fills when resized by `scale` and stride-padded."""
+
+    def side(length: int) -> int:
+        return math.ceil(max(1, round(length * scale)) / NETWORK_STRIDE) * NETWORK_STRIDE
+
+    return side(width) * side(height)
 
 
 class ImageJobPayload(BaseModel):
@@ -76,10 +98,15 @@ class ModelInfo(BaseModel):
     scale: str = ""
     nc: int = 0
     class_names: list[str] = Field(default_factory=list)
-    imgsz: int = 640
+    imgsz: int = Field(640, description="the longer side frames are resized to when pixel_scale is null")
+    pixel_scale: float | None = Field(
+        None,
+        description="frames are resized by this factor by default (the scale the network trained at); "
+        "null: the checkpoint has none, and the longer side is resized to imgsz",
+    )
     device: str = ""
     dtype: str = ""
-    tta: str = Field("off", description="test-time augmentation: off, mirror or flips")
+    tta: str = Field("off", description="default test-time augmentation: off, mirror or flips")
     weights_sha256: str = ""
 
 
@@ -139,3 +166,32 @@ class WorkerState(BaseModel):
     queues: list[str] = Field(default_factory=list)
     started_at: float = 0.0
     updated_at: float = 0.0
+
+
+def frame_cost(width: int, height: int, params: DetectParams, model: ModelInfo) -> tuple[int, float, int]:
+    """(network-input pixels times views, resize factor, views) for one frame served with `params` by `model`.
+
+    The request's imgsz or pixel_scale, else the model's pixel scale, else its imgsz decide the factor; the
+    request's tta, else the model's, the views. `MASENET_MAX_INPUT_PIXELS` bounds the first number.
+    """
+    if params.imgsz is not None:
+        factor = params.imgsz / max(width, height)
+    elif params.pixel_scale is not None or model.pixel_scale is not None:
+        factor = params.pixel_scale or model.pixel_scale
+    else:
+        factor = model.imgsz / max(width, height)
+    views = TTA_VIEW_COUNTS[params.tta or model.tta]
+    return input_pixels(width, height, factor) * views, factor, views
+
+
+def over_input_budget(name: str, width: int, height: int, params: DetectParams, model: ModelInfo, budget: int) -> str:
+    """Why a frame is over the input-pixel budget and what to change, or "" when it fits."""
+    cost, factor, views = frame_cost(width, height, params, model)
+    if cost <= budget:
+        return ""
+    largest = math.sqrt(budget / views / (width * height)) * 0.98
+    return (
+        f"image {name!r} ({width}x{height}) resized by {factor:.3g} with {views} test-time view(s) would fill {cost} "
+        f"network-input pixels, above the limit of {budget} (MASENET_MAX_INPUT_PIXELS): ask for fewer pixels with "
+        f"pixel_scale={largest:.2f} or less, an imgsz, or tta=off"
+    )

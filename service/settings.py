@@ -48,6 +48,12 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1, description="413 when a request body is larger")
     max_pixels: int = Field(40_000_000, ge=1, description="413 when one image has more pixels (width * height)")
+    max_input_pixels: int = Field(
+        12_000_000,
+        ge=1024,
+        description="413 when one frame would fill more network-input pixels than this once resized, test-time "
+        "views counted (a 1280x1024 frame at pixel scale 1.5 fills 2.95 million, four views 11.8 million)",
+    )
     max_images_per_request: int = Field(32, ge=1, description="413 when a request carries more images")
 
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field(

@@ -3,7 +3,7 @@
     setup    load the Detector once per process (device, half, compile from the settings), warm it up
     decode   (thread pool) fetch the bytes from Redis, decode at native depth, tone-map to 8-bit RGB, copy
              to the device as uint8: runs while the previous batch is on the device
-    predict  group the batch by input size; one letterbox + forward + NMS per group; Grad-CAM (one
+    predict  group the batch by resize rule and test-time views; one letterbox + forward + NMS per group; Grad-CAM (one
              backward) for the images that asked
     unbatch  one `Outcome` per task, in order; a failing image fails only itself
 
@@ -27,11 +27,13 @@ import numpy as np
 from model.imaging import ImageDecodeError, decode_image, to_rgb8
 from service.contracts import (
     Detection,
+    DetectParams,
     FailureKind,
     ImageJobPayload,
     ImageJobResult,
     JobFailure,
     ModelInfo,
+    over_input_budget,
 )
 from service.settings import Settings
 from worker.batching import group_positions, pair_outputs
@@ -82,10 +84,6 @@ class ImageTask:
     execution: Any = None  # rq Execution once started
     failure: JobFailure | None = None  # set when the task failed before inference
     from_rq_loop: bool = False  # dequeued by rq's loop (may sit in rq's intermediate queue)
-
-    @property
-    def weight(self) -> int:
-        return 1
 
 
 @dataclass
@@ -141,6 +139,15 @@ class InferenceRuntime:
         self.model_info = ModelInfo.model_validate(info)
         return self.model_info
 
+    def views(self, task: ImageTask) -> int:
+        """Images a task adds to a forward pass: its frame times its test-time views."""
+        return len(self.detector.views_for(task.payload.params.tta))
+
+    def group_key(self, params: DetectParams) -> tuple:
+        """Tasks with the same key share a forward pass: same resize rule, same views (defaults resolved)."""
+        rule = self.detector.resize_rule(params.imgsz, params.pixel_scale)
+        return rule["imgsz"], rule["pixel_scale"], params.tta or self.detector.tta
+
     @property
     def on_gpu(self) -> bool:
         return self.detector is not None and self.detector.device.type == "cuda"
@@ -176,7 +183,12 @@ class InferenceRuntime:
                 continue
             try:
                 assert task.decoded is not None
-                ready.append(_Ready(position, task, task.decoded.result()))
+                image = task.decoded.result()
+                problem = self._over_budget(task.payload, image)
+                if problem:
+                    outcomes[position] = Outcome(failure=JobFailure(kind=FailureKind.MEDIA, detail=problem))
+                    continue
+                ready.append(_Ready(position, task, image))
             except JobMediaError as exc:
                 outcomes[position] = Outcome(failure=JobFailure(kind=FailureKind.MEDIA, detail=str(exc)))
             except Exception as exc:
@@ -197,11 +209,16 @@ class InferenceRuntime:
         self.metrics.images.inc(len(ready) - len(failures))
         return [outcome if outcome is not None else Outcome(failure=_missing()) for outcome in outcomes]
 
+    def _over_budget(self, payload: ImageJobPayload, image: DecodedImage) -> str:
+        """The API checks this before queueing when a worker is alive; a frame queued before that is checked here."""
+        assert self.model_info is not None
+        budget = self.settings.max_input_pixels
+        return over_input_budget(payload.filename, image.width, image.height, payload.params, self.model_info, budget)
+
     def _predict_groups(self, items: list[_Ready], step: Any) -> dict[int, JobFailure]:
-        """Run `step` per input size; on a group failure retry its images alone. Returns failures by position."""
+        """Run `step` per resize rule and views; on a group failure retry its images alone. Failures by position."""
         failures: dict[int, JobFailure] = {}
-        default = self.detector.imgsz  # a request without a size shares a forward with one that names this size
-        for positions in group_positions(items, lambda item: item.task.payload.params.imgsz or default).values():
+        for positions in group_positions(items, lambda item: self.group_key(item.task.payload.params)).values():
             group = [items[position] for position in positions]
             try:
                 step(group)
@@ -226,10 +243,12 @@ class InferenceRuntime:
         detector = self.detector
         params = [item.task.payload.params for item in group]
         tick = time.perf_counter()
-        batch, letterbox = detector.prepare([item.image.tensor for item in group], params[0].imgsz)
+        batch, letterbox = detector.prepare(
+            [item.image.tensor for item in group], params[0].imgsz, params[0].pixel_scale
+        )
         self._observe("preprocess", tick)
         tick = time.perf_counter()
-        decoded = detector.infer(batch)
+        decoded = detector.infer(batch, params[0].tta)
         self._observe("inference", tick)
         tick = time.perf_counter()
         detections = detector.postprocess(
@@ -256,6 +275,8 @@ class InferenceRuntime:
             iou=[param.iou for param in params],
             max_det=[param.max_det for param in params],
             imgsz=params[0].imgsz,
+            pixel_scale=params[0].pixel_scale,
+            tta=params[0].tta,
         )
         for (item, found), overlay in zip(pair_outputs(group, detections, "gradcam"), overlays, strict=True):
             item.detections = found

@@ -53,7 +53,14 @@ class FrameDetector(Protocol):
     """What a chunk needs from the model: `model.detector.Detector` satisfies it."""
 
     def detect(
-        self, frames: list[np.ndarray], conf: float, iou: float, max_det: int, imgsz: int | None
+        self,
+        frames: list[np.ndarray],
+        conf: float,
+        iou: float,
+        max_det: int,
+        imgsz: int | None,
+        pixel_scale: float | None,
+        tta: str | None,
     ) -> list[list[dict[str, Any]]]: ...
 
 
@@ -288,6 +295,8 @@ def _detect_chunk(
                 iou=float(params.get("iou", 0.45)),
                 max_det=int(params.get("max_det", 300)),
                 imgsz=params.get("imgsz"),
+                pixel_scale=params.get("pixel_scale"),
+                tta=params.get("tta"),
             )
             if len(detections) != len(batch):
                 raise RuntimeError(f"the detector returned {len(detections)} results for {len(batch)} frames")

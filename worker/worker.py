@@ -151,7 +151,8 @@ class BatchingWorker(SimpleWorker):
         self.metrics = WorkerMetrics()
         self.runtime = InferenceRuntime(self.settings, self.connection, self.metrics, worker_name=self.name)
         self.job_handlers: dict[str, JobHandler] = {JobKind.IMAGE.value: self._handle_image_job}
-        self.max_batch = self.settings.effective_max_batch(on_gpu=False)
+        self.max_images = self.settings.effective_max_batch(on_gpu=False)  # images per forward pass, views counted
+        self.max_batch = self.max_images  # frames per pass at the default test-time augmentation
         self.metrics_port: int | None = None
         self._publisher: StatePublisher | None = None
         self._decoder: ThreadPoolExecutor | None = None
@@ -207,7 +208,8 @@ class BatchingWorker(SimpleWorker):
 
     def _on_model_loaded(self, info: ModelInfo) -> None:
         # MASENET_MAX_BATCH counts images per forward pass; with test-time augmentation each frame brings its views.
-        self.max_batch = self.runtime.detector.frames_per_pass(self.settings.effective_max_batch(self.runtime.on_gpu))
+        self.max_images = self.settings.effective_max_batch(self.runtime.on_gpu)
+        self.max_batch = self.runtime.detector.frames_per_pass(self.max_images)
         self._decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
         self._completer = ThreadPoolExecutor(1, thread_name_prefix="complete")
         self.metrics.model_info.labels(
@@ -307,9 +309,9 @@ class BatchingWorker(SimpleWorker):
             while not self._stop_requested:
                 batch = collect_batch(
                     pending,
-                    self.max_batch,
+                    self.max_images,
                     self.settings.max_delay_ms / 1000.0,
-                    weight=lambda task: task.weight,
+                    weight=self.runtime.views,
                     first_timeout_s=idle_s,
                     carry=carry,
                 )

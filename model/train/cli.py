@@ -26,6 +26,12 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
         help="inference size written into the exported checkpoint (default: --imgsz); the network is fully "
         "convolutional, so a model trained on small frames at native pixel scale can serve larger frames",
     )
+    train.add_argument(
+        "--serve-scale",
+        type=float,
+        help="pixel scale written into the exported checkpoint: serving resizes every frame by it (default: the "
+        "scale training saw, --imgsz over the median longer side of the training frames)",
+    )
     train.add_argument("--epochs", type=int, default=100, help="epochs (default 100)")
     train.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
     train.add_argument("--workers", type=int, default=2, help="data-loading processes, 0 loads inline (default 2)")
@@ -68,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     val = subparsers.add_parser("val", help="evaluate weights on a dataset split (mAP, P, R, Pd, Fa)")
     val.add_argument("--data", required=True, help="data.yaml")
     val.add_argument("--weights", help="a .safetensors checkpoint (default: the shipped weights)")
-    val.add_argument("--imgsz", type=int, help="inference size (default: the checkpoint's)")
+    add_resize_arguments(val)
     val.add_argument("--conf", type=float, default=0.001, help="lowest score kept for mAP (default 0.001)")
     val.add_argument("--operating-conf", type=float, default=0.25, help="confidence for P, R, Pd, Fa (0.25)")
     val.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
@@ -87,12 +93,21 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     predict.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
     predict.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
     predict.add_argument("--max-det", type=int, default=300, help="most detections per image (default 300)")
-    predict.add_argument("--imgsz", type=int, help="inference size (default: the checkpoint's)")
+    add_resize_arguments(predict)
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     add_tta_argument(predict)
     predict.add_argument("--format", default="json", choices=("json", "text"), help="output format (default json)")
     predict.add_argument("--save", help="folder for annotated PNGs")
     predict.set_defaults(func=_predict)
+
+
+def add_resize_arguments(parser: argparse.ArgumentParser) -> None:
+    """--imgsz and --pixel-scale, one or the other; neither: the checkpoint's pixel scale (or its imgsz)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--imgsz", type=int, help="resize every frame's longer side to this size")
+    group.add_argument(
+        "--pixel-scale", type=float, help="resize every frame by this factor (default: the checkpoint's pixel scale)"
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -105,6 +120,7 @@ def _train(args: argparse.Namespace) -> int:
         scale=args.scale,
         imgsz=args.imgsz,
         serve_imgsz=args.serve_imgsz,
+        serve_scale=args.serve_scale,
         epochs=args.epochs,
         batch=args.batch,
         workers=args.workers,
@@ -159,7 +175,9 @@ def _val(args: argparse.Namespace) -> int:
     from model.train.data import YoloDataset
     from model.train.evaluate import evaluate, format_table, plot_pd_fa_curve, plot_pr_curve
 
-    detector = Detector(_weights_path(args.weights), device=args.device, imgsz=args.imgsz, tta=args.tta)
+    detector = Detector(
+        _weights_path(args.weights), device=args.device, imgsz=args.imgsz, pixel_scale=args.pixel_scale, tta=args.tta
+    )
     dataset = YoloDataset(args.data, args.split, imgsz=args.imgsz or detector.imgsz, augment=None, cache=False)
     if dataset.names != detector.class_names:
         print(f"note: dataset classes {dataset.names} differ from the checkpoint's {detector.class_names}")
@@ -169,7 +187,7 @@ def _val(args: argparse.Namespace) -> int:
         conf=args.conf,
         iou=args.iou,
         operating_conf=args.operating_conf,
-        imgsz=args.imgsz or detector.imgsz,
+        imgsz=args.imgsz,
         batch_size=args.batch,
         distance=args.distance,
         progress=True,
@@ -225,7 +243,9 @@ def _predict(args: argparse.Namespace) -> int:
     from model.imaging import load_image, to_rgb8
 
     files = expand_paths(args.paths)
-    detector = Detector(_weights_path(args.weights), device=args.device, imgsz=args.imgsz, tta=args.tta)
+    detector = Detector(
+        _weights_path(args.weights), device=args.device, imgsz=args.imgsz, pixel_scale=args.pixel_scale, tta=args.tta
+    )
     results = []
     stems = [path.stem for path in files]
     for index, path in enumerate(files):

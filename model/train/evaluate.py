@@ -192,8 +192,7 @@ def evaluate(
     import time
 
     started = time.perf_counter()
-    imgsz = imgsz or dataset.imgsz
-    detector = _as_detector(detector_or_model, dataset.names, imgsz)
+    detector = _as_detector(detector_or_model, dataset.names, imgsz or dataset.imgsz)
     predictions = predict_split(
         detector, dataset, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz, batch_size=batch_size, progress=progress
     )

@@ -81,6 +81,7 @@ class TrainConfig:
     scale: str = "n"
     imgsz: int = 320
     serve_imgsz: int | None = None  # inference size written into the exported checkpoint; None: imgsz
+    serve_scale: float | None = None  # pixel scale written into the exported checkpoint; None: the one trained at
     epochs: int = 100
     batch: int = 16
     workers: int = 2
@@ -282,6 +283,12 @@ def _cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
+def trained_pixel_scale(dataset: YoloDataset, imgsz: int) -> float:
+    """The factor training resized frames by: `imgsz` over the median longer side of the split's frames."""
+    sides = sorted(max(record.width, record.height) for record in dataset.records)
+    return round(imgsz / sides[len(sides) // 2], 4)
+
+
 def _resume_state(config: TrainConfig, last_path: Path) -> tuple[TrainConfig, dict[str, Any]]:
     """The saved run state and its config, with this invocation's epochs (if larger), time limit and devices."""
     if not last_path.is_file():
@@ -293,6 +300,7 @@ def _resume_state(config: TrainConfig, last_path: Path) -> tuple[TrainConfig, di
         epochs=max(config.epochs, int(saved["epochs"])),
         time_limit=config.time_limit,
         serve_imgsz=config.serve_imgsz or saved.get("serve_imgsz"),
+        serve_scale=config.serve_scale or saved.get("serve_scale"),
         workers=config.workers,
         device=config.device,
         threads=config.threads,
@@ -569,6 +577,7 @@ class _Run:
         export_model.load_state_dict(best_state["ema"])
         metrics = dict(best_state["metrics"])
         config = self.config
+        pixel_scale = config.serve_scale or trained_pixel_scale(self.train_set, config.imgsz)
         provenance = {
             "command": config.command,
             "dataset": str(Path(config.data).resolve()),
@@ -578,6 +587,7 @@ class _Run:
             "epochs_planned": config.epochs,
             "imgsz": config.imgsz,
             "serve_imgsz": config.serve_imgsz or config.imgsz,
+            "serve_scale": pixel_scale,
             "batch": self.batch_size,
             "scale": self.model.scale,
             "hardware": _hardware(self.device),
@@ -593,6 +603,7 @@ class _Run:
             class_names=list(self.train_set.names),
             imgsz=config.serve_imgsz or config.imgsz,
             provenance=provenance,
+            pixel_scale=pixel_scale,
         )
         logger.info("best fitness %.4f; exported %s", self.best_fitness, exported)
         return TrainResult(

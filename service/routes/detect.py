@@ -9,10 +9,19 @@ import redis
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from service.contracts import DetectParams, FailureKind, ModelInfo, ReplyMessage
+from service.contracts import (
+    MAX_PIXEL_SCALE,
+    DetectParams,
+    FailureKind,
+    ModelInfo,
+    ReplyMessage,
+    TtaMode,
+    WorkerStatus,
+    over_input_budget,
+)
 from service.deps import AuthDep, BrokerDep, MetricsDep, SettingsDep
-from service.errors import InvalidMedia, ResultTimeout, WorkerFailure
-from service.queueing import ImageUpload, Submission, unavailable
+from service.errors import InvalidMedia, InvalidParameters, PixelLimitExceeded, ResultTimeout, WorkerFailure
+from service.queueing import ImageUpload, JobBroker, Submission, unavailable
 from service.schemas import ERROR_RESPONSES, DetectResponse, ImageResult, Timing
 from service.settings import Settings
 from service.uploads import (
@@ -71,17 +80,18 @@ async def detect(
     conf: Annotated[float, Query(ge=0.0, le=1.0, description="score threshold")] = 0.25,
     iou: Annotated[float, Query(ge=0.0, le=1.0, description="NMS IoU threshold")] = 0.45,
     max_det: Annotated[int, Query(ge=1, le=1000, description="most boxes per image")] = 300,
-    imgsz: Annotated[
-        int | None,
-        Query(ge=32, le=2048, multiple_of=32, description="inference size; default: MASENET_IMGSZ or the model's"),
-    ] = None,
+    imgsz: Annotated[int | None, Query(ge=32, le=2048, multiple_of=32, description=IMGSZ_HELP)] = None,
+    pixel_scale: Annotated[float | None, Query(gt=0.0, le=MAX_PIXEL_SCALE, description=PIXEL_SCALE_HELP)] = None,
+    tta: Annotated[TtaMode | None, Query(description=TTA_HELP)] = None,
     gradcam: Annotated[bool, Query(description="also return a Grad-CAM overlay PNG per image")] = False,
 ) -> DetectResponse:
     started = time.perf_counter()
-    params = DetectParams(conf=conf, iou=iou, max_det=max_det, imgsz=imgsz or settings.imgsz, gradcam=gradcam)
+    params = detect_params(settings, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz, pixel_scale=pixel_scale)
+    params = params.model_copy(update={"tta": tta, "gradcam": gradcam})
     uploads = await read_uploads(request, settings, metrics)
     images = await run_in_threadpool(validate_images, uploads, settings)
     try:
+        await check_input_budget(images, params, broker, settings)
         await broker.check_capacity(len(images))
         submission = await run_in_threadpool(broker.enqueue, images, params)
         replies = await broker.wait(submission)
@@ -98,6 +108,41 @@ async def detect(
             "check that workers are running (GET /readyz) and retry"
         )
     return build_response(images, submission, replies, started)
+
+
+IMGSZ_HELP = "resize every frame's longer side to this fixed size instead of by the pixel scale"
+PIXEL_SCALE_HELP = "resize factor; default: MASENET_IMGSZ if set, else the pixel scale the model was trained at"
+TTA_HELP = "test-time augmentation: off (one pass), mirror (2 views), flips (4 views); default: the worker's"
+
+
+def detect_params(settings: Settings, **values: object) -> DetectParams:
+    """A request's parameters; without its own imgsz or pixel_scale, MASENET_IMGSZ (when set) fixes the size."""
+    if values.get("imgsz") is not None and values.get("pixel_scale") is not None:
+        raise InvalidParameters("give imgsz (a fixed longer side) or pixel_scale (a resize factor), not both")
+    if values.get("imgsz") is None and values.get("pixel_scale") is None:
+        values["imgsz"] = settings.imgsz
+    return DetectParams(**values)
+
+
+async def served_model(broker: JobBroker) -> ModelInfo | None:
+    """The model of a ready worker (what requests without their own size and views get), if one is alive."""
+    return next((state.model for state in await broker.workers() if state.status == WorkerStatus.READY), None)
+
+
+async def check_input_budget(
+    images: list[ImageUpload], params: DetectParams, broker: JobBroker, settings: Settings
+) -> None:
+    """413 before queueing when a frame would fill more network input than MASENET_MAX_INPUT_PIXELS.
+
+    The model's defaults come from a live worker; with none alive yet the worker makes the same check.
+    """
+    model = await served_model(broker)
+    if model is None:
+        return
+    for image in images:
+        problem = over_input_budget(image.filename, image.width, image.height, params, model, settings.max_input_pixels)
+        if problem:
+            raise PixelLimitExceeded(problem)
 
 
 async def read_uploads(request: Request, settings: Settings, metrics: MetricsDep) -> list[UploadedFile]:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from service.contracts import Detection
+from service.contracts import MAX_PIXEL_SCALE, Detection, TtaMode
 from service.deps import AuthDep, BrokerDep, MetricsDep, SettingsDep
 from service.errors import (
     InvalidMedia,
@@ -33,6 +33,7 @@ from service.errors import (
 )
 from service.metrics import ApiMetrics, safely
 from service.queueing import unavailable
+from service.routes.detect import IMGSZ_HELP, PIXEL_SCALE_HELP, TTA_HELP, detect_params
 from service.schemas import ERROR_RESPONSES, ErrorResponse
 from service.settings import Settings
 from service.video import (
@@ -311,14 +312,14 @@ async def submit_job(
     conf: Annotated[float, Query(ge=0.0, le=1.0, description="score threshold")] = 0.25,
     iou: Annotated[float, Query(ge=0.0, le=1.0, description="NMS IoU threshold")] = 0.45,
     max_det: Annotated[int, Query(ge=1, le=1000, description="most boxes per frame")] = 300,
-    imgsz: Annotated[
-        int | None,
-        Query(ge=32, le=2048, multiple_of=32, description="inference size; default: MASENET_IMGSZ or the model's"),
-    ] = None,
+    imgsz: Annotated[int | None, Query(ge=32, le=2048, multiple_of=32, description=IMGSZ_HELP)] = None,
+    pixel_scale: Annotated[float | None, Query(gt=0.0, le=MAX_PIXEL_SCALE, description=PIXEL_SCALE_HELP)] = None,
+    tta: Annotated[TtaMode | None, Query(description=TTA_HELP)] = None,
     frame_stride: Annotated[int, Query(ge=1, le=1000, description="process every Nth frame")] = 1,
     track: Annotated[bool, Query(description="link detections into tracks with stable track_id")] = True,
     annotate: Annotated[bool, Query(description="also render an annotated MP4 (GET /jobs/{id}/video)")] = False,
 ) -> JobAccepted:
+    resize = detect_params(settings, imgsz=imgsz, pixel_scale=pixel_scale)
     boundary = multipart_boundary(request)
     check_declared_length(request, settings.max_video_bytes)
     storage = JobStorage(settings.storage)
@@ -337,7 +338,9 @@ async def submit_job(
             "conf": conf,
             "iou": iou,
             "max_det": max_det,
-            "imgsz": imgsz or settings.imgsz,
+            "imgsz": resize.imgsz,
+            "pixel_scale": resize.pixel_scale,
+            "tta": tta,
             "frame_stride": frame_stride,
             "track": track,
             "annotate": annotate,

@@ -71,6 +71,7 @@ def test_detection_schema_and_info(detector):
         "nc": 1,
         "class_names": ["target"],
         "imgsz": 128,
+        "pixel_scale": None,
         "device": "cpu",
         "dtype": "float32",
         "tta": "off",
@@ -198,6 +199,42 @@ def test_checkpoint_carries_its_test_time_augmentation(tmp_path, model):
     exact_model, _ = load_checkpoint(exact)
     for name, tensor in model.state_dict().items():
         assert torch.equal(exact_model.state_dict()[name], tensor), name
+
+
+def test_checkpoint_pixel_scale_is_the_default_resize_rule(tmp_path, model):
+    path = save_checkpoint(tmp_path / "scaled.safetensors", model, class_names=["target"], imgsz=96, pixel_scale=1.5)
+    assert read_metadata(path).pixel_scale == 1.5
+    detector = Detector(checkpoint=path, device="cpu")
+    assert (detector.pixel_scale, detector.info["pixel_scale"], detector.imgsz) == (1.5, 1.5, 96)
+    small, large = _frames(1, 40, 64, seed=3)[0], _frames(1, 128, 160, seed=4)[0]
+    _, params = detector.prepare(detector.to_tensors([small, large]))
+    assert [(item.resized_width, item.resized_height) for item in params] == [(96, 60), (240, 192)]
+    _, (fixed,) = detector.prepare(detector.to_tensors([large]), imgsz=96)  # a fixed longer side overrides it
+    assert (fixed.resized_width, fixed.resized_height) == (96, 77)
+    _, (other,) = detector.prepare(detector.to_tensors([small]), pixel_scale=0.5)
+    assert (other.resized_width, other.resized_height) == (32, 20)
+    assert Detector(checkpoint=path, device="cpu", imgsz=128).info["pixel_scale"] is None  # imgsz fixes the size
+    with pytest.raises(ValueError, match="not both"):
+        detector.prepare(detector.to_tensors([small]), imgsz=96, pixel_scale=1.0)
+    older = save_checkpoint(tmp_path / "older.safetensors", model, class_names=["target"], imgsz=96)
+    assert Detector(checkpoint=older, device="cpu").resize_rule() == {"imgsz": 96, "pixel_scale": None}
+    with pytest.raises(CheckpointError, match="pixel_scale is 0"):
+        save_checkpoint(tmp_path / "bad.safetensors", model, class_names=["target"], imgsz=96, pixel_scale=0)
+
+
+def test_test_time_augmentation_per_call_matches_a_detector_built_with_it(model):
+    frames = _frames(2, 64, 96, seed=5)
+    plain = Detector(model=model, device="cpu", class_names=["target"], imgsz=96)
+    flips = Detector(model=model, device="cpu", class_names=["target"], imgsz=96, tta="flips")
+    for per_call, built in zip(
+        plain.detect(frames, conf=0.01, tta="flips"), flips.detect(frames, conf=0.01), strict=True
+    ):
+        _assert_same_detections(per_call, built)
+    for per_call, built in zip(
+        flips.detect(frames, conf=0.01, tta="off"), plain.detect(frames, conf=0.01), strict=True
+    ):
+        _assert_same_detections(per_call, built)
+    assert (plain.frames_per_pass(8, "flips"), flips.frames_per_pass(8), flips.frames_per_pass(8, "off")) == (2, 2, 8)
 
 
 def test_checkpoint_errors(tmp_path, model):

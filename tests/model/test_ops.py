@@ -238,6 +238,27 @@ def test_letterbox_keeps_640x512_and_batches_mixed_sizes():
     assert alone.shape == (1, 3, 512, 640) and single_params == wide_params
 
 
+def test_letterbox_by_pixel_scale_gives_every_frame_the_same_factor():
+    sizes = [(256, 320), (512, 640), (1024, 1280), (37, 91)]
+    images = [torch.full((3, height, width), 90, dtype=torch.uint8) for height, width in sizes]
+    batch, params = letterbox(images, pixel_scale=1.5)
+    assert [item.scale for item in params] == [1.5] * 4
+    assert [(item.resized_width, item.resized_height) for item in params] == [
+        (480, 384),
+        (960, 768),
+        (1920, 1536),
+        (136, 56),
+    ]
+    assert batch.shape == (4, 3, 1536, 1920)  # padded bottom/right to the largest frame
+    alone, (small,) = letterbox(images[:1], pixel_scale=1.5)
+    assert alone.shape == (1, 3, 384, 480) and small == params[0]
+    assert torch.equal(batch[0, :, :384, :480], alone[0])  # batching with larger frames leaves a frame as it was
+    with pytest.raises(ValueError, match="either imgsz or pixel_scale"):
+        letterbox(images, 640, pixel_scale=1.5)
+    with pytest.raises(ValueError, match="either imgsz or pixel_scale"):
+        letterbox(images)
+
+
 def test_letterbox_accepts_16bit_frames_through_to_rgb8():
     ramp = (np.arange(48 * 80, dtype=np.uint16).reshape(48, 80) * 13).astype(np.uint16)
     image = torch.from_numpy(to_rgb8(ramp)).permute(2, 0, 1)

@@ -26,6 +26,7 @@ def test_shipped_weights_are_described_and_small() -> None:
     assert (meta.scale, meta.nc, meta.class_names, meta.imgsz) == ("n", 1, ["target"], 960)
     assert {"command", "hardware", "wall_seconds", "metrics", "dataset_summary"} <= set(meta.provenance)
     assert meta.tta == "flips"  # served with four-way flip averaging, as they were judged (MODEL_CARD.md)
+    assert meta.pixel_scale == 1.5  # trained on 640x512 frames scaled to 960x768
 
 
 def test_shipped_weights_find_targets_in_unseen_frames() -> None:

@@ -79,6 +79,33 @@ def test_one_image(client: TestClient) -> None:
     assert 0 <= x1 <= x2 <= 96 and 0 <= y1 <= y2 <= 64
 
 
+def test_pixel_scale_and_tta_per_request(client: TestClient) -> None:
+    frame = [image_part(png_bytes(96, 64))]
+    for params in ({"tta": "off"}, {"tta": "flips"}, {"pixel_scale": 0.5}, {"pixel_scale": 2.0, "tta": "mirror"}):
+        response = client.post("/detect", files=frame, params={"conf": 0.0001, **params})
+        assert response.status_code == 200, (params, response.text)
+        (result,) = response.json()["results"]
+        assert result["detections"] and all(
+            0 <= d["box"][2] <= 96 and 0 <= d["box"][3] <= 64 for d in result["detections"]
+        )
+    both = client.post("/detect", files=frame, params={"imgsz": 64, "pixel_scale": 1.0})
+    assert both.status_code == 422 and "not both" in both.json()["detail"]
+    unknown = client.post("/detect", files=frame, params={"tta": "spin"})
+    assert unknown.status_code == 422
+
+
+def test_input_budget_is_413_before_queueing(settings: Settings, worker: WorkerProcess) -> None:
+    # The worker serves at a fixed imgsz of 64: a 96x64 frame fills a 64x64 input, 4,096 pixels a view.
+    with TestClient(create_app(settings.model_copy(update={"max_input_pixels": 2 * 64 * 64}))) as small:
+        frame = [image_part(png_bytes(96, 64), "wide.png")]
+        assert small.post("/detect", files=frame, params={"tta": "mirror"}).status_code == 200
+        for params in ({"tta": "flips"}, {"pixel_scale": 4.0, "tta": "off"}):
+            response = small.post("/detect", files=frame, params=params)
+            assert response.status_code == 413, (params, response.text)
+            detail = response.json()["detail"]
+            assert "'wide.png' (96x64)" in detail and "MASENET_MAX_INPUT_PIXELS" in detail and "tta=off" in detail
+
+
 def test_several_images_keep_request_order(client: TestClient) -> None:
     sizes = [(96, 64), (64, 64), (80, 48), (40, 72)]
     files = [
@@ -245,6 +272,7 @@ def test_models_and_readiness(client: TestClient, worker: WorkerProcess) -> None
     (model,) = client.get("/models").json()["models"]
     assert model["name"] == "masenet-n" and model["scale"] == "n"
     assert model["class_names"] == ["target"] and model["imgsz"] == 64 and model["device"] == "cpu"
+    assert model["pixel_scale"] is None  # MASENET_IMGSZ fixes the size
     assert model["workers"] == [worker.name] and len(model["weights_sha256"]) == 64
     schema = client.get("/openapi.json").json()
     assert "DetectResponse" in schema["components"]["schemas"]

@@ -98,7 +98,14 @@ class BrightSpotDetector:
         self.batch_sizes: list[int] = []
 
     def detect(
-        self, frames: list[np.ndarray], conf: float, iou: float, max_det: int, imgsz: int | None
+        self,
+        frames: list[np.ndarray],
+        conf: float,
+        iou: float,
+        max_det: int,
+        imgsz: int | None,
+        pixel_scale: float | None = None,
+        tta: str | None = None,
     ) -> list[list[dict[str, Any]]]:
         if self.fail_after_calls is not None and len(self.batch_sizes) >= self.fail_after_calls:
             raise RuntimeError("detector exploded")
