@@ -14,7 +14,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings()
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
     assert settings.imgsz is None  # the checkpoint's own inference size
-    assert settings.tta is None  # the checkpoint's: flips for the shipped weights
+    assert settings.tta is None  # the checkpoint's: off for the shipped weights
     assert settings.max_delay_ms == 5.0
     assert settings.worker_metrics_port == 9101
     assert settings.api_keys == ()
