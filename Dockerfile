@@ -22,9 +22,9 @@ RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/mas
  && mkdir -p /data/jobs \
  && chown masenet:masenet /data/jobs
 
-# Dependencies layer: rebuilt only when the locks change. torch first (requirements/torch.txt), then every other
-# package at its locked version with its hashes (requirements/runtime.txt: the `model` and `serve` extras), then
-# a check that torch's own requirements are met.
+# Dependencies layer: rebuilt only when the locks change. torch first (requirements/torch.txt), then every
+# other package at its locked version with its hashes (requirements/runtime.txt: the `model`, `serve` and
+# `runtimes` extras, so CPU workers get OpenVINO), then a check that torch's own requirements are met.
 RUN --mount=type=bind,source=requirements,target=/tmp/requirements \
     pip install --no-cache-dir -r /tmp/requirements/torch.txt \
  && pip install --no-cache-dir --require-hashes --no-deps -r /tmp/requirements/runtime.txt \

@@ -30,6 +30,9 @@ frame runs at 480x384, a 1280x1024 one at 1920x1536. `imgsz` (the longer side) o
 and is the rule for checkpoints without a pixel scale. `prepare`, `infer`, `detect` and `gradcam` take either
 per call, and the test-time augmentation too.
 
+`runtime` runs the forward pass on OpenVINO or ONNX Runtime instead of torch (CPU only; "auto" picks OpenVINO on
+the CPU when installed, see model/runtimes.py); letterboxing, views, decoding, NMS and Grad-CAM stay in torch.
+
 `tta` (test-time augmentation) runs each frame together with flipped copies of itself and averages the raw
 head maps anchor by anchor before decoding, so one set of boxes comes out and a flipped frame gets flipped
 detections: "mirror" (or True) adds the left-right mirror, "flips" also the up-down and the doubly flipped
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -65,6 +69,7 @@ from model.ops import (
     tta_batch,
     tta_mode,
 )
+from model.runtimes import Forward, build_forward, resolve_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +112,7 @@ class Detector:
         imgsz: int | None = None,
         tta: str | bool | None = None,
         pixel_scale: float | None = None,
+        runtime: str = "torch",
     ) -> None:
         if imgsz is not None and pixel_scale is not None:
             raise ValueError("give imgsz (a fixed longer side) or pixel_scale (a resize factor), not both")
@@ -148,8 +154,15 @@ class Detector:
             model = model.to(memory_format=torch.channels_last)
         model.requires_grad_(False)
         self.module: MASENet = model
-        self.model = torch.compile(model) if compile else model
         self._float_module: MASENet | None = None
+        self.runtime = resolve_runtime(runtime, self.device)
+        if self.runtime == "torch":
+            self.model: Forward = torch.compile(model) if compile else model
+        else:  # OpenVINO or ONNX Runtime: the float32 network exported once, fed NCHW float32 batches
+            started = time.perf_counter()
+            self.model = build_forward(self.runtime, self.float_module(), half=self.half)
+            self.dtype, self.channels_last = torch.float32, False
+            logger.info("%s runtime ready in %.1f s", self.runtime, time.perf_counter() - started)
         self.info: dict[str, Any] = {
             "name": f"masenet-{model.scale}",
             "scale": model.scale,
@@ -159,6 +172,7 @@ class Detector:
             "pixel_scale": self.pixel_scale,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "runtime": self.runtime,
             "tta": self.tta,
             "weights_sha256": weights_sha256,
         }

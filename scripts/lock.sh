@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Refresh the dependency locks from pyproject.toml: requirements/dev.txt (the `dev` extra: tests, CI, the
-# Quick start) and requirements/runtime.txt (the `model` and `serve` extras: the container image). Run it after
+# Quick start) and requirements/runtime.txt (the `model`, `serve` and `runtimes` extras: the container image). Run it after
 # any change to pyproject.toml's dependencies, then commit pyproject.toml and both locks together; the tests
 # fail while a lock's recorded digest differs from pyproject.toml's.
 #
@@ -35,4 +35,4 @@ lock() {  # lock OUTPUT EXTRA...
 }
 
 lock requirements/dev.txt dev
-lock requirements/runtime.txt model serve
+lock requirements/runtime.txt model serve runtimes

@@ -106,6 +106,7 @@ class ModelInfo(BaseModel):
     )
     device: str = ""
     dtype: str = ""
+    runtime: str = Field("torch", description="where the forward pass runs: torch, openvino or onnxruntime")
     tta: str = Field("off", description="default test-time augmentation: off, mirror or flips")
     weights_sha256: str = ""
 

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
         "twice the compute), flips (all four flips, four times); unset: the checkpoint's (shipped weights: flips)",
     )
 
+    runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
+        "auto",
+        description="worker forward-pass runtime: auto (OpenVINO on the CPU when installed, torch on CUDA), torch, "
+        "openvino or onnxruntime (CPU only); Grad-CAM always uses torch",
+    )
     max_batch: int | None = Field(
         None, ge=1, le=1024, description="images per forward pass (each frame's tta views count); unset: 32 GPU, 8 CPU"
     )

@@ -1,8 +1,8 @@
 """The committed locks match pyproject.toml: refreshed after every change to its dependencies, pinning all of them.
 
-`scripts/lock.sh` writes requirements/dev.txt (the `dev` extra) and requirements/runtime.txt (`model` and `serve`)
-with the digest of pyproject.toml's declarations on their first line; torch is installed first from
-requirements/torch.txt and is in neither lock.
+`scripts/lock.sh` writes requirements/dev.txt (the `dev` extra) and requirements/runtime.txt (`model`, `serve`
+and `runtimes`) with the digest of pyproject.toml's declarations on their first line; torch is installed first
+from requirements/torch.txt and is in neither lock.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = ROOT / "pyproject.toml"
-LOCKS = {"dev.txt": ("dev",), "runtime.txt": ("model", "serve")}
+LOCKS = {"dev.txt": ("dev",), "runtime.txt": ("model", "serve", "runtimes")}
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+) \\$", re.MULTILINE)
 
 

@@ -129,6 +129,7 @@ class InferenceRuntime:
             compile=self.settings.compile,
             imgsz=self.settings.imgsz,
             tta=self.settings.tta,
+            runtime=self.settings.runtime,
         )
         with torch.inference_mode():
             detector.detect([np.zeros((WARMUP_SIZE, WARMUP_SIZE, 3), dtype=np.uint8)], imgsz=WARMUP_SIZE)

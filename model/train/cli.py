@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from model.commands import add_tta_argument
+from model.commands import add_runtime_argument, add_tta_argument
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MIN_DRAWN_BOX = 12
@@ -83,6 +83,7 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     val.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
     val.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     add_tta_argument(val)
+    add_runtime_argument(val)
     val.add_argument("--json", action="store_true", help="print the full result as JSON instead of a table")
     val.add_argument("--plots", help="folder for pr_curve.png and pd_fa_curve.png (Pd against false alarms)")
     val.set_defaults(func=_val)
@@ -96,6 +97,7 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     add_resize_arguments(predict)
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     add_tta_argument(predict)
+    add_runtime_argument(predict)
     predict.add_argument("--format", default="json", choices=("json", "text"), help="output format (default json)")
     predict.add_argument("--save", help="folder for annotated PNGs")
     predict.set_defaults(func=_predict)
@@ -176,7 +178,12 @@ def _val(args: argparse.Namespace) -> int:
     from model.train.evaluate import evaluate, format_table, plot_pd_fa_curve, plot_pr_curve
 
     detector = Detector(
-        _weights_path(args.weights), device=args.device, imgsz=args.imgsz, pixel_scale=args.pixel_scale, tta=args.tta
+        _weights_path(args.weights),
+        device=args.device,
+        imgsz=args.imgsz,
+        pixel_scale=args.pixel_scale,
+        tta=args.tta,
+        runtime=args.runtime,
     )
     dataset = YoloDataset(args.data, args.split, imgsz=args.imgsz or detector.imgsz, augment=None, cache=False)
     if dataset.names != detector.class_names:
@@ -244,7 +251,12 @@ def _predict(args: argparse.Namespace) -> int:
 
     files = expand_paths(args.paths)
     detector = Detector(
-        _weights_path(args.weights), device=args.device, imgsz=args.imgsz, pixel_scale=args.pixel_scale, tta=args.tta
+        _weights_path(args.weights),
+        device=args.device,
+        imgsz=args.imgsz,
+        pixel_scale=args.pixel_scale,
+        tta=args.tta,
+        runtime=args.runtime,
     )
     results = []
     stems = [path.stem for path in files]

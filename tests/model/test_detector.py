@@ -74,6 +74,7 @@ def test_detection_schema_and_info(detector):
         "pixel_scale": None,
         "device": "cpu",
         "dtype": "float32",
+        "runtime": "torch",
         "tta": "off",
         "weights_sha256": None,
     }

@@ -93,6 +93,7 @@ class WorkerProcess:
             "MASENET_MAX_BATCH": "8",
             "MASENET_MAX_DELAY_MS": "50",
             "MASENET_WORKER_METRICS_PORT": "0",
+            "MASENET_RUNTIME": "torch",  # no export at start; the runtimes have their own tests
             **env,
         }
         self.process: subprocess.Popen | None = None

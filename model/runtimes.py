@@ -1,0 +1,186 @@
+"""The network's forward pass on other runtimes: ONNX export, ONNX Runtime and OpenVINO.
+
+A runtime replaces only `module(batch) -> raw head maps`; letterboxing, test-time views, decoding and NMS stay
+the project's torch code (`model.ops`), so every runtime gives the same detections from the same maps. The
+graph is the BatchNorm-folded float32 network with dynamic batch, height and width, one input `images`
+(B, 3, H, W) in 0..1 and one output per level (B, 4 * reg_max + nc, H / stride, W / stride).
+
+    torch         the fused channels-last network (`model.detector`); CUDA and Grad-CAM always use it
+    openvino      OpenVINO's CPU plugin, compiled once for dynamic shapes, float32 inference precision (its
+                  default on CPUs with bfloat16 units is bfloat16, which moves raw maps by up to ~15 logits)
+    onnxruntime   ONNX Runtime's CPU execution provider
+    auto          OpenVINO on the CPU when it is installed, torch otherwise
+
+`export` writes the graph for other tools (`masenet export`), with the checkpoint's metadata beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from model.commands import RUNTIMES
+
+logger = logging.getLogger(__name__)
+
+EXPORT_FORMATS = ("onnx", "openvino")
+INPUT_NAME = "images"
+ONNX_OPSET = 17
+SAMPLE_SIZE = (384, 480)  # (height, width) traced for export; the axes stay dynamic
+
+
+class RuntimeUnavailable(RuntimeError):
+    """The runtime asked for is not installed or cannot run on this device."""
+
+
+Forward = Callable[[Tensor], list[Tensor]]
+
+
+def resolve_runtime(runtime: str, device: torch.device) -> str:
+    """The runtime `runtime` means on `device`: auto picks OpenVINO on the CPU when installed, else torch."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; use one of: {', '.join(RUNTIMES)}")
+    if runtime == "auto":
+        return "openvino" if device.type == "cpu" and _installed("openvino") else "torch"
+    if runtime != "torch" and device.type != "cpu":
+        raise RuntimeUnavailable(f"the {runtime} runtime runs on the CPU only; use runtime torch on {device}")
+    if runtime != "torch" and not _installed(runtime):
+        raise RuntimeUnavailable(f"runtime {runtime} is not installed: pip install the project's runtimes extra")
+    return runtime
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def export_onnx(module: torch.nn.Module, path: str | Path, dynamic: bool = True) -> Path:
+    """Write `module` (float32, eval, on the CPU) as ONNX with one output per level; axes dynamic when asked."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    levels = len(module.strides)
+    sample = torch.rand(1, 3, *SAMPLE_SIZE)
+    names = [f"level{index}" for index in range(levels)]
+    axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}} if dynamic else None
+    if axes is not None:
+        axes.update({name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in names})
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer notes that the input checks in MASENet.forward become constants, and torch that this
+        # exporter is the older one: both are expected for this graph.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (sample,),
+            str(path),
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=names,
+            dynamic_axes=axes,
+            opset_version=ONNX_OPSET,
+        )
+    return path
+
+
+class OnnxRuntimeForward:
+    """The forward pass through an ONNX Runtime CPU session."""
+
+    def __init__(self, onnx_path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, batch: Tensor) -> list[Tensor]:
+        outputs = self.session.run(None, {INPUT_NAME: batch.float().contiguous().numpy()})
+        return [torch.from_numpy(output) for output in outputs]
+
+
+class OpenVinoForward:
+    """The forward pass through OpenVINO's CPU plugin, compiled once for dynamic shapes."""
+
+    def __init__(self, model_path: str | Path, precision: str = "f32", threads: int | None = None) -> None:
+        import openvino
+
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        core = openvino.Core()
+        self.compiled = core.compile_model(core.read_model(str(model_path)), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, batch: Tensor) -> list[Tensor]:
+        self.request.infer({0: batch.float().contiguous().numpy()})
+        return [
+            torch.from_numpy(self.request.get_output_tensor(index).data.copy())
+            for index in range(len(self.compiled.outputs))
+        ]
+
+
+def build_forward(runtime: str, module: torch.nn.Module, half: bool = False) -> Forward:
+    """A `Forward` on `runtime` for the fused float32 `module` (exported to a temporary ONNX file first)."""
+    with tempfile.TemporaryDirectory(prefix="masenet-export-") as folder:
+        onnx_path = export_onnx(module, Path(folder) / "masenet.onnx")
+        if runtime == "onnxruntime":
+            return OnnxRuntimeForward(onnx_path)
+        if runtime == "openvino":
+            return OpenVinoForward(onnx_path, precision="bf16" if half else "f32")
+    raise ValueError(f"no forward for runtime {runtime!r}")
+
+
+def export(weights: str | Path | None, out: str | Path, export_format: str, dynamic: bool, half: bool) -> list[Path]:
+    """`masenet export`: the checkpoint's fused network as ONNX or OpenVINO IR, with `<name>.json` metadata beside it.
+
+    `half` stores the weights in float16 (OpenVINO IR; ONNX stays float32 so every ONNX runtime can run it).
+    """
+    from model.checkpoint import default_weights_path, file_sha256, read_metadata
+    from model.detector import Detector
+
+    if export_format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown format {export_format!r}; use one of: {', '.join(EXPORT_FORMATS)}")
+    source = Path(weights) if weights is not None else default_weights_path()
+    detector = Detector(source, device="cpu", channels_last=False, runtime="torch")
+    module = detector.float_module()
+    out = Path(out)
+    suffix = ".onnx" if export_format == "onnx" else ".xml"
+    target = out if out.suffix == suffix else out / f"{source.stem}{suffix}"
+    written = []
+    if export_format == "onnx":
+        written.append(export_onnx(module, target, dynamic=dynamic))
+    else:
+        import openvino
+
+        with tempfile.TemporaryDirectory(prefix="masenet-export-") as folder:
+            model = openvino.convert_model(str(export_onnx(module, Path(folder) / "masenet.onnx", dynamic=dynamic)))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            openvino.save_model(model, str(target), compress_to_fp16=half)
+        written += [target, target.with_suffix(".bin")]
+    meta = read_metadata(source)
+    metadata = {
+        "source": str(source),
+        "source_sha256": file_sha256(source),
+        "format": export_format,
+        "input": {"name": INPUT_NAME, "layout": "NCHW", "range": "0..1 RGB, letterboxed, sides multiples of 32"},
+        "outputs": "raw head maps per level: (B, 4 * reg_max + nc, H / stride, W / stride); decode with model.ops",
+        "strides": list(detector.strides),
+        "reg_max": detector.reg_max,
+        "class_names": meta.class_names,
+        "pixel_scale": meta.pixel_scale,
+        "imgsz": meta.imgsz,
+        "tta": meta.tta,
+        "dynamic": dynamic,
+        "weights_float16": bool(half and export_format == "openvino"),
+    }
+    metadata_path = target.with_suffix(".json")
+    metadata_path.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    return [*written, metadata_path]
