@@ -38,10 +38,11 @@ def make_task(
     imgsz: int | None = 64,
     gradcam: bool = False,
     error: Exception | None = None,
+    **params: object,
 ) -> ImageTask:
     payload = ImageJobPayload(
         request_id="r", index=index, filename=f"f{index}.png", data_key="unused", reply_key="unused",
-        params=DetectParams(conf=0.0001, imgsz=imgsz, gradcam=gradcam, max_det=10),
+        params=DetectParams(conf=0.0001, imgsz=imgsz, gradcam=gradcam, max_det=10, **params),
         enqueued_at=time.time() - 0.01, deadline=time.time() + 60,
     )  # fmt: skip
     job = Job.create(JOB_FUNCTION, kwargs={"payload": payload.model_dump(mode="json")}, connection=redis_client,
@@ -136,6 +137,34 @@ def test_unset_tta_serves_the_checkpoints_own(tiny_checkpoint: Path, redis_clien
         runtime = InferenceRuntime(settings, redis_client, WorkerMetrics(), worker_name="in-process")
         runtime.load()
         assert runtime.model_info.tta == served
+
+
+def test_one_batch_mixes_views_and_resize_rules(runtime: InferenceRuntime, redis_client: redis.Redis) -> None:
+    """Each task runs with its own tta and pixel scale, as the detector would run it alone; views weigh a task."""
+    assert runtime.model_info.runtime == "openvino"  # the default (auto) on a CPU with the runtimes extra
+    image = np.random.default_rng(7).integers(0, 255, size=(64, 96, 3), dtype=np.uint8)
+    asked = [{"tta": "off"}, {"tta": "flips"}, {"imgsz": None, "pixel_scale": 0.5}, {"imgsz": None, "pixel_scale": 2.0}]
+    tasks = [make_task(runtime, redis_client, index, image, **params) for index, params in enumerate(asked)]
+    assert [runtime.views(task) for task in tasks] == [1, 4, 1, 1]
+    assert len({runtime.group_key(task.payload.params) for task in tasks}) == 4
+    outcomes = runtime.run(tasks)
+    for params, outcome in zip(asked, outcomes, strict=True):
+        alone = runtime.detector.detect([image], conf=0.0001, max_det=10, **{"imgsz": 64, **params})[0]
+        assert outcome.failure is None and outcome.result.detections == [Detection.model_validate(d) for d in alone]
+
+
+def test_a_frame_over_the_input_budget_fails_alone(runtime: InferenceRuntime, redis_client: redis.Redis) -> None:
+    """Queued before the API knew the model's defaults, a frame that would not fit fails as media, not the batch."""
+    image = np.zeros((64, 96, 3), dtype=np.uint8)
+    tasks = [make_task(runtime, redis_client, 0, image), make_task(runtime, redis_client, 1, image, tta="flips")]
+    settings = runtime.settings
+    runtime.settings = settings.model_copy(update={"max_input_pixels": 2 * 64 * 64})
+    try:
+        fits, refused = runtime.run(tasks)
+    finally:
+        runtime.settings = settings
+    assert fits.failure is None and fits.result is not None
+    assert refused.failure.kind == FailureKind.MEDIA and "MASENET_MAX_INPUT_PIXELS" in refused.failure.detail
 
 
 def test_a_bad_image_fails_alone(runtime: InferenceRuntime, redis_client: redis.Redis) -> None:
