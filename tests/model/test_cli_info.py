@@ -31,11 +31,14 @@ def test_info_text(capsys):
     assert "parameters:" in out and "GFLOPs at 32x32" in out and "strides: 4, 8, 16, 32" in out
 
 
-def test_bench_model_runs_a_tiny_case(capsys):
-    assert main(["bench", "model", "--batch-sizes", "1", "--sizes", "64x32", "--iters", "1", "--warmup", "0"]) == 0
+def test_bench_model_runs_every_runtime_side_by_side(capsys):
+    argv = ["bench", "model", "--batch-sizes", "1", "--sizes", "60x30", "--pixel-scale", "1.5", "--iters", "1"]
+    assert main([*argv, "--warmup", "0"]) == 0
     captured = capsys.readouterr()
-    assert "64x32" in captured.out and "speed-up" in captured.out
-    assert "64x32 batch 1" in captured.err  # progress goes to stderr
+    assert "60x30" in captured.out and "96x64" in captured.out  # the frame resized by 1.5 and stride-padded
+    for path in ("eager ms", "torch ms", "openvino ms", "onnxruntime ms", "x openvino", "first call"):
+        assert path in captured.out
+    assert "60x30 (input 96x64) batch 1" in captured.err  # progress goes to stderr
 
 
 def test_bench_model_tta_mirrors_both_paths_and_counts_frames(capsys, monkeypatch):
@@ -49,18 +52,19 @@ def test_bench_model_tta_mirrors_both_paths_and_counts_frames(capsys, monkeypatc
 
     monkeypatch.setattr(model.bench, "merge_tta", spy)
     argv = ["bench", "model", "--batch-sizes", "3", "--sizes", "64x32", "--iters", "2", "--warmup", "1", "--tta"]
-    assert main([*argv, "--json"]) == 0
+    assert main([*argv, "--runtimes", "torch", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
-    # eager and optimised, 1 warm-up + 2 timed runs each, every forward holding 3 frames and their 3 mirrors
-    assert merged_batches == [6] * 6
-    assert row["batch"] == 3 and row["width"] == 64
+    # eager and torch: 1 first call, 1 warm-up + 2 timed runs each, every forward holding 3 frames and their 3 mirrors
+    assert merged_batches == [6] * 8
+    assert row["batch"] == 3 and row["width"] == 64 and set(row["times_ms"]) == {"eager", "torch"}
 
 
 def test_bench_helpers():
     assert parse_size("640x512") == (640, 512)
-    row = BenchRow(width=320, height=256, batch=8, eager_ms=400.0, optimised_ms=200.0)
-    assert (row.eager_images_per_second, row.optimised_images_per_second, row.speedup) == (20.0, 40.0, 2.0)
-    assert "2.00x" in format_table([row])
+    row = BenchRow(320, 256, 480, 384, 8, {"eager": 400.0, "openvino": 200.0}, {"eager": 500.0, "openvino": 900.0})
+    assert (row.images_per_second("eager"), row.images_per_second("openvino"), row.speedup("openvino")) == (20, 40, 2)
+    table = format_table([row])
+    assert "2.00x" in table and "480x384" in table and "openvino 900" in table
 
 
 def test_main_asks_for_huge_pages_unless_told_otherwise(monkeypatch, capsys):
