@@ -2,8 +2,9 @@
 
 For each concurrency, N requests (one frame each) go through an asyncio httpx client; the table shows
 throughput, latency percentiles and the mean batch size the worker formed (from its `masenet_batch_size`
-histogram, read before and after). The bare model's throughput is `Detector.detect` on the same frames at
-MAX_BATCH, in this process, measured while the service is up but idle: before the first level, between
+histogram, read before and after). The bare model's throughput is the eager torch forward of the same network on
+the same frames, resized as the service resizes them, MAX_BATCH frames a pass, in this process (BareModel),
+measured while the service is up but idle: before the first level, between
 levels and after the last, so the two never share the CPU. Each level is compared with the mean of the bare
 runs just before and just after it, which keeps a machine whose speed drifts over minutes (shared or
 thermally limited cores) from skewing the ratio.
@@ -74,30 +75,58 @@ def match_worker_cpu_policy() -> None:
 
 
 class BareModel:
-    """`Detector.detect` in this process, as many frames at a time as a worker with `MASENET_MAX_BATCH=batch` takes
-    (test-time views count against it), with the worker's test-time augmentation: the reference the service is held
-    to."""
+    """The reference the service is held to: the network as built (eager float32, no BatchNorm folding, under
+    `torch.no_grad`), one pass per frame, `batch` frames a pass, on the frames resized as the service resizes them
+    (the checkpoint's pixel scale, or `imgsz`). Forward passes only: no decoding, NMS or image I/O."""
 
     def __init__(
-        self, frames: list[np.ndarray], weights: str | None, device: str, batch: int, imgsz: int, tta: str | None = None
+        self, frames: list[np.ndarray], weights: str | None, device: str, batch: int, imgsz: int | None
     ) -> None:
         match_worker_cpu_policy()
-        from model.detector import Detector
+        import torch
 
-        self.detector = Detector(checkpoint=weights, device=device, imgsz=imgsz, tta=tta)
-        self.chunk = [frames[index % len(frames)] for index in range(self.detector.frames_per_pass(batch))]
-        self.imgsz = imgsz
+        from model.checkpoint import default_weights_path, load_checkpoint
+        from model.detector import resolve_device
+        from model.imaging import to_rgb8
+        from model.ops import letterbox
+
+        path = weights or default_weights_path()
+        self.device = resolve_device(device)
+        self.model, meta = load_checkpoint(path, device=self.device)
+        if imgsz:
+            rule: dict[str, float] = {"imgsz": imgsz}
+        elif meta.pixel_scale is not None:
+            rule = {"pixel_scale": meta.pixel_scale}
+        else:
+            rule = {"imgsz": meta.imgsz}
+        chunk = [frames[index % len(frames)] for index in range(batch)]
+        tensors = [torch.from_numpy(to_rgb8(frame).copy()).permute(2, 0, 1).to(self.device) for frame in chunk]
+        self.batch, _ = letterbox(tensors, stride=max(self.model.strides), **rule)
+        self.rule = rule
         for _ in range(2):
-            self.detector.detect(self.chunk, imgsz=imgsz)
+            self._forward()
+
+    def describe(self) -> str:
+        rule = ", ".join(f"{key} {value}" for key, value in self.rule.items())
+        height, width = self.batch.shape[2:]
+        return f"eager torch forward, {self.batch.shape[0]} frames a pass at {width}x{height} ({rule})"
+
+    def _forward(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            self.model(self.batch)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def throughput(self, seconds: float = 5.0) -> float:
-        """Images per second over about `seconds` (at least three batches)."""
-        images = 0
+        """Frames per second over about `seconds` (at least three passes)."""
+        frames = 0
         start = time.perf_counter()
-        while time.perf_counter() - start < seconds or images < 3 * len(self.chunk):
-            self.detector.detect(self.chunk, imgsz=self.imgsz)
-            images += len(self.chunk)
-        return images / (time.perf_counter() - start)
+        while time.perf_counter() - start < seconds or frames < 3 * self.batch.shape[0]:
+            self._forward()
+            frames += self.batch.shape[0]
+        return frames / (time.perf_counter() - start)
 
 
 def read_batch_histogram(metrics_url: str | None) -> tuple[float, float] | None:
@@ -120,7 +149,7 @@ def read_batch_histogram(metrics_url: str | None) -> tuple[float, float] | None:
 
 
 async def drive(
-    url: str, payloads: list[bytes], concurrency: int, requests: int, imgsz: int, headers: dict[str, str]
+    url: str, payloads: list[bytes], concurrency: int, requests: int, imgsz: int | None, headers: dict[str, str]
 ) -> tuple[float, list[float], int]:
     """Send `requests` single-image requests with `concurrency` in flight; (seconds, latencies ms, errors)."""
     import httpx
@@ -136,7 +165,8 @@ async def drive(
             files = [("image", (f"frame{index}.png", payloads[index % len(payloads)], "image/png"))]
             start = time.perf_counter()
             try:
-                response = await client.post(f"{url}/detect", params={"imgsz": imgsz}, files=files)
+                params = {"imgsz": imgsz} if imgsz else {}
+                response = await client.post(f"{url}/detect", params=params, files=files)
                 ok = response.status_code == 200
             except httpx.HTTPError:
                 ok = False
@@ -157,7 +187,7 @@ def run_levels(
     payloads: list[bytes],
     levels: list[int],
     requests: int,
-    imgsz: int,
+    imgsz: int | None,
     metrics_url: str | None,
     headers: dict[str, str],
     bare: Callable[[], float] | None = None,
@@ -198,7 +228,7 @@ def format_table(results: list[LevelResult], max_batch: int) -> str:
         )
     if any(result.bare for result in results):
         lines.append(
-            f"bare img/s: Detector.detect, {max_batch} images per pass (test-time views count), in this process, "
-            "mean of the runs just before and after the level (service idle)"
+            f"bare img/s: the eager torch forward, {max_batch} frames a pass at the same scale, one view, in this "
+            "process, mean of the runs just before and after the level (service idle)"
         )
     return "\n".join(lines)

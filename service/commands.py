@@ -41,8 +41,18 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     bench.add_argument("--url", default=None, help="a running service; default: start Redis, a worker and the API")
     bench.add_argument("--concurrency", default="1,4,16,64", help="comma-separated client counts (default 1,4,16,64)")
     bench.add_argument("--requests", type=int, default=200, help="requests per concurrency level (default 200)")
-    bench.add_argument("--size", default="320x256", help="frame WIDTHxHEIGHT (default 320x256)")
-    bench.add_argument("--imgsz", type=int, default=320, help="inference size sent with each request (default 320)")
+    bench.add_argument(
+        "--size",
+        default="320x256,640x512,1280x1024",
+        help="comma-separated frame sizes WIDTHxHEIGHT, one table each (default 320x256,640x512,1280x1024)",
+    )
+    bench.add_argument(
+        "--imgsz",
+        type=int,
+        default=None,
+        help="a fixed longer side sent with each request (default: none, the "
+        "service's default, the model's pixel scale)",
+    )
     bench.add_argument("--weights", default=None, help="checkpoint for the worker and the bare model")
     bench.add_argument("--device", default=None, help="device for the worker and the bare model (default auto)")
     bench.add_argument("--max-batch", type=int, default=None, help="worker MASENET_MAX_BATCH (default per device)")
@@ -51,6 +61,12 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     )
     bench.add_argument("--api-key", default=None, help="bearer key for a service with MASENET_API_KEYS")
     bench.add_argument("--skip-bare", action="store_true", help="do not measure the bare model")
+    bench.add_argument(
+        "--timeout-s",
+        type=float,
+        default=600.0,
+        help="MASENET_TIMEOUT_S of a self-started API (default 600: the levels measure latency under load, not 504s)",
+    )
     bench.set_defaults(func=run_bench_service)
 
     from service import load_bench, video_bench
@@ -141,13 +157,11 @@ def run_bench_service(args: argparse.Namespace) -> int:
     )
     from service.settings import DEFAULT_MAX_BATCH_CPU, DEFAULT_MAX_BATCH_GPU, get_settings
 
-    width, height = (int(value) for value in args.size.lower().split("x"))
+    sizes = [tuple(int(value) for value in text.lower().split("x")) for text in args.size.split(",") if text.strip()]
     levels = [int(value) for value in args.concurrency.split(",") if value.strip()]
     settings = get_settings()
     weights = args.weights or (str(settings.weights) if settings.weights else None)
     device = args.device or settings.device
-    frames = bench.synthetic_frames(width, height)
-    payloads = [bench.encode_png(frame) for frame in frames]
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
 
     max_batch = args.max_batch or settings.max_batch
@@ -157,12 +171,9 @@ def run_bench_service(args: argparse.Namespace) -> int:
 
         on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
         max_batch = DEFAULT_MAX_BATCH_GPU if on_gpu else DEFAULT_MAX_BATCH_CPU
-    bare = None
-    if not args.skip_bare:  # measured while the service is idle, around every level (see service/bench.py)
-        print(f"bare model: Detector.detect on {width}x{height} frames, {max_batch} images a pass, imgsz {args.imgsz}")
-        bare = bench.BareModel(frames, weights, device, max_batch, args.imgsz, settings.tta).throughput
 
     group = ProcessGroup()
+    tables = []
     try:
         url, metrics_url = args.url, args.metrics_url
         if url is None:
@@ -174,6 +185,7 @@ def run_bench_service(args: argparse.Namespace) -> int:
                 "MASENET_MAX_BATCH": str(max_batch),
                 "MASENET_DEVICE": device,
                 "MASENET_MAX_QUEUE": str(max(1024, 4 * max(levels))),
+                "MASENET_TIMEOUT_S": str(args.timeout_s),
             }
             if weights:
                 overrides["MASENET_WEIGHTS"] = weights
@@ -184,17 +196,24 @@ def run_bench_service(args: argparse.Namespace) -> int:
             metrics_url = metrics_url or f"http://127.0.0.1:{metrics_port}/metrics"
             print(f"started Redis, a worker (max batch {max_batch}) and the API at {url}")
             wait_until_ready(url, READY_TIMEOUT_S, group)
-        results, bare_runs = bench.run_levels(
-            url, payloads, levels, args.requests, args.imgsz, metrics_url, headers, bare=bare
-        )
+        for width, height in sizes:
+            frames = bench.synthetic_frames(width, height)
+            payloads = [bench.encode_png(frame) for frame in frames]
+            bare = None
+            if not args.skip_bare:  # measured while the service is idle, around every level (see service/bench.py)
+                model = bench.BareModel(frames, weights, device, max_batch, args.imgsz)
+                print(f"bare model: {model.describe()}")
+                bare = model.throughput
+            results, bare_runs = bench.run_levels(
+                url, payloads, levels, args.requests, args.imgsz, metrics_url, headers, bare=bare
+            )
+            served = f"imgsz {args.imgsz}" if args.imgsz else "the service's defaults"
+            title = f"POST /detect, one {width}x{height} PNG per request, {served}, {args.requests} requests per level"
+            runs = ", ".join(f"{run:.1f}" for run in bare_runs)
+            tables.append(f"\n{title}\n{bench.format_table(results, max_batch)}\nbare model runs: {runs} img/s")
+            print(tables[-1], flush=True)
     finally:
         group.stop()
-    print(
-        f"\nPOST /detect, one {width}x{height} PNG per request, imgsz {args.imgsz}, {args.requests} requests per level"
-    )
-    print(bench.format_table(results, max_batch))
+    print("\n".join(tables))
     print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} for the worker and the bare model")
-    if bare_runs:
-        runs = ", ".join(f"{run:.1f}" for run in bare_runs)
-        print(f"bare model runs (before the first level, then after each): {runs} img/s")
     return 0
