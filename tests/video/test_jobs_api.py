@@ -207,6 +207,13 @@ def test_limits_answer_413_with_the_setting_to_change(client: TestClient, settin
         assert duration.status_code == 413 and "MASENET_MAX_VIDEO_SECONDS" in duration.json()["detail"]
 
 
+def test_resize_and_view_parameters_are_checked_before_the_upload(client: TestClient, videos) -> None:
+    both = submit(client, videos["short"], imgsz=64, pixel_scale=1.0)
+    assert both.status_code == 422 and "not both" in both.json()["detail"]
+    for params in ({"tta": "spin"}, {"pixel_scale": 0}, {"pixel_scale": 9}):
+        assert submit(client, videos["short"], **params).status_code == 422, params
+
+
 def test_upload_cap_is_enforced_while_streaming(client: TestClient, settings: Settings) -> None:
     boundary = "masenetboundary"
 

@@ -178,6 +178,22 @@ def test_frame_stride_and_annotated_video(redis_connection, prefix: str, tmp_pat
     assert (spread > 100).sum() > 20
 
 
+def test_the_job_s_pixel_scale_and_views_reach_the_detector(
+    redis_connection, prefix: str, tmp_path: Path, test_video: Path
+) -> None:
+    calls: list[dict] = []
+
+    class Recording(BrightSpotDetector):
+        def detect(self, frames, conf, iou, max_det, imgsz, pixel_scale=None, tta=None):
+            calls.append({"imgsz": imgsz, "pixel_scale": pixel_scale, "tta": tta})
+            return super().detect(frames, conf, iou, max_det, imgsz)
+
+    storage = JobStorage(tmp_path)
+    job_id, chunks = submit(redis_connection, prefix, storage, test_video, imgsz=None, pixel_scale=0.75, tta="flips")
+    run_all(prefix, job_id, chunks, context_for(redis_connection, storage, detector=Recording()))
+    assert calls and all(call == {"imgsz": None, "pixel_scale": 0.75, "tta": "flips"} for call in calls)
+
+
 def test_cancel_between_batches_stops_the_chunk(
     redis_connection, prefix: str, tmp_path: Path, test_video: Path
 ) -> None:
