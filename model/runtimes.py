@@ -6,8 +6,9 @@ graph is the BatchNorm-folded float32 network with dynamic batch, height and wid
 (B, 3, H, W) in 0..1 and one output per level (B, 4 * reg_max + nc, H / stride, W / stride).
 
     torch         the fused channels-last network (`model.detector`); CUDA and Grad-CAM always use it
-    openvino      OpenVINO's CPU plugin, compiled once for dynamic shapes, float32 inference precision (its
-                  default on CPUs with bfloat16 units is bfloat16, which moves raw maps by up to ~15 logits)
+    openvino      OpenVINO's CPU plugin, compiled once for dynamic shapes, one image per inference (bounded
+                  memory), float32 inference precision (its default on CPUs with bfloat16 units is bfloat16,
+                  which moves raw maps by up to ~15 logits)
     onnxruntime   ONNX Runtime's CPU execution provider
     auto          OpenVINO on the CPU when it is installed, torch otherwise
 
@@ -120,11 +121,15 @@ class OpenVinoForward:
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, batch: Tensor) -> list[Tensor]:
-        self.request.infer({0: batch.float().contiguous().numpy()})
-        return [
-            torch.from_numpy(self.request.get_output_tensor(index).data.copy())
-            for index in range(len(self.compiled.outputs))
-        ]
+        """One image per inference: with dynamic shapes the CPU plugin's memory grows with the batch (8 images of
+        1920x1536: 10.6 GB against 1.6 GB for one) while its time per image does not fall (54 against 50 ms at
+        480x384, 932 against 901 ms at 1920x1536), so a batch runs image by image and memory stays bounded."""
+        outputs = range(len(self.compiled.outputs))
+        per_image = []
+        for image in batch.float().contiguous().numpy():
+            self.request.infer({0: image[None]})
+            per_image.append([torch.from_numpy(self.request.get_output_tensor(index).data.copy()) for index in outputs])
+        return [torch.cat(level) for level in zip(*per_image, strict=True)]
 
 
 def build_forward(runtime: str, module: torch.nn.Module, half: bool = False) -> Forward:
