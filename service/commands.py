@@ -173,7 +173,6 @@ def run_bench_service(args: argparse.Namespace) -> int:
         max_batch = DEFAULT_MAX_BATCH_GPU if on_gpu else DEFAULT_MAX_BATCH_CPU
 
     group = ProcessGroup()
-    tables = []
     try:
         url, metrics_url = args.url, args.metrics_url
         if url is None:
@@ -210,10 +209,8 @@ def run_bench_service(args: argparse.Namespace) -> int:
             served = f"imgsz {args.imgsz}" if args.imgsz else "the service's defaults"
             title = f"POST /detect, one {width}x{height} PNG per request, {served}, {args.requests} requests per level"
             runs = ", ".join(f"{run:.1f}" for run in bare_runs)
-            tables.append(f"\n{title}\n{bench.format_table(results, max_batch)}\nbare model runs: {runs} img/s")
-            print(tables[-1], flush=True)
+            print(f"\n{title}\n{bench.format_table(results, max_batch)}\nbare model runs: {runs} img/s", flush=True)
     finally:
         group.stop()
-    print("\n".join(tables))
     print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} for the worker and the bare model")
     return 0
