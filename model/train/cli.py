@@ -172,12 +172,11 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def _val(args: argparse.Namespace) -> int:
+def _detector(args: argparse.Namespace) -> Any:
+    """The Detector `val` and `predict` run: their weights, device, resize rule, views and runtime."""
     from model.detector import Detector
-    from model.train.data import YoloDataset
-    from model.train.evaluate import evaluate, format_table, plot_pd_fa_curve, plot_pr_curve
 
-    detector = Detector(
+    return Detector(
         _weights_path(args.weights),
         device=args.device,
         imgsz=args.imgsz,
@@ -185,6 +184,13 @@ def _val(args: argparse.Namespace) -> int:
         tta=args.tta,
         runtime=args.runtime,
     )
+
+
+def _val(args: argparse.Namespace) -> int:
+    from model.train.data import YoloDataset
+    from model.train.evaluate import evaluate, format_table, plot_pd_fa_curve, plot_pr_curve
+
+    detector = _detector(args)
     dataset = YoloDataset(args.data, args.split, imgsz=args.imgsz or detector.imgsz, augment=None, cache=False)
     if dataset.names != detector.class_names:
         print(f"note: dataset classes {dataset.names} differ from the checkpoint's {detector.class_names}")
@@ -246,18 +252,10 @@ def draw_detections(frame: Any, detections: list[dict], path: Path) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from model.detector import Detector
     from model.imaging import load_image, to_rgb8
 
     files = expand_paths(args.paths)
-    detector = Detector(
-        _weights_path(args.weights),
-        device=args.device,
-        imgsz=args.imgsz,
-        pixel_scale=args.pixel_scale,
-        tta=args.tta,
-        runtime=args.runtime,
-    )
+    detector = _detector(args)
     results = []
     stems = [path.stem for path in files]
     for index, path in enumerate(files):
