@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     tta: Literal["off", "mirror", "flips"] | None = Field(
         None,
         description="test-time augmentation: off (or false), mirror (or true: each frame averaged with its mirror, "
-        "twice the compute), flips (all four flips, four times); unset: the checkpoint's (shipped weights: flips)",
+        "twice the compute), flips (all four flips, four times); unset: the checkpoint's (shipped weights: off)",
     )
 
     runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
