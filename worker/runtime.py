@@ -3,8 +3,8 @@
     setup    load the Detector once per process (device, half, compile from the settings), warm it up
     decode   (thread pool) fetch the bytes from Redis, decode at native depth, tone-map to 8-bit RGB, copy
              to the device as uint8: runs while the previous batch is on the device
-    predict  group the batch by resize rule and test-time views; one letterbox + forward + NMS per group; Grad-CAM (one
-             backward) for the images that asked
+    predict  group the batch by resize rule and test-time views; one letterbox + forward + NMS per group;
+             Grad-CAM (one backward) for the images that asked
     unbatch  one `Outcome` per task, in order; a failing image fails only itself
 
 If a whole group fails, its images are retried one by one so that only the culprit fails.
