@@ -9,7 +9,7 @@ Class targets. With `score_target="iou"` (TOOD, YOLOv8 and later) the best ancho
 best IoU, so scores rank box quality too; a box of a few pixels never gets a high IoU (one pixel off on a 4 x 4
 box is IoU 0.39). With `score_target="presence"` the best anchor of every box learns 1 and the other positives
 their metric relative to it: the score says only whether a target is there. On the project's held-out frames a
-presence fine-tune raised all scores alike and found no more targets at equal false alarms (MODEL_CARD.md).
+presence fine-tune raised all scores alike and found no more targets at equal false alarms (docs/model-history.md).
 
 Candidates. Plain TAL takes only anchors whose centre lies inside the box. A 4 x 4 px box contains no anchor
 centre at stride 8 or more and at most one (sometimes none, when it straddles cells) at stride 4, so some tiny
