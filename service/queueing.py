@@ -38,6 +38,7 @@ from service.contracts import (
     FailureKind,
     ImageJobPayload,
     JobFailure,
+    ModelInfo,
     ReplyMessage,
     WorkerState,
     WorkerStatus,
@@ -84,6 +85,9 @@ def unavailable(settings: Settings, exc: Exception) -> ServiceUnavailable:
     )
 
 
+SERVED_MODEL_TTL_S = 5.0
+
+
 class JobBroker:
     """The API's side of the queue: capacity check, enqueue, wait, cancel, worker registry."""
 
@@ -96,6 +100,7 @@ class JobBroker:
             settings.redis_url, socket_connect_timeout=2.0, socket_timeout=settings.timeout_s + 10.0
         )
         self.queue = Queue(settings.image_queue, connection=self.sync_redis, serializer=JSONSerializer)
+        self._served: tuple[float, ModelInfo | None] = (-math.inf, None)  # (monotonic time read, model)
 
     async def close(self) -> None:
         await self.async_redis.aclose()
@@ -238,6 +243,19 @@ class JobBroker:
             self.sync_redis.delete(self.settings.data_key(job_id))
         self.sync_redis.delete(submission.reply_key)
         return canceled
+
+    async def served_model(self) -> ModelInfo | None:
+        """The model a ready worker serves (the defaults of requests that do not choose), or None when none is.
+
+        Read from the worker records at most every SERVED_MODEL_TTL_S: a SCAN walks the whole keyspace, too much
+        for every request, and a worker's model changes only when it restarts.
+        """
+        read_at, model = self._served
+        if model is None or time.monotonic() - read_at > SERVED_MODEL_TTL_S:
+            states = await self.workers()
+            model = next((state.model for state in states if state.status == WorkerStatus.READY), None)
+            self._served = (time.monotonic(), model)
+        return model
 
     async def workers(self) -> list[WorkerState]:
         """The live workers' heartbeat records (expired ones are gone from Redis)."""

@@ -16,7 +16,6 @@ from service.contracts import (
     ModelInfo,
     ReplyMessage,
     TtaMode,
-    WorkerStatus,
     over_input_budget,
 )
 from service.deps import AuthDep, BrokerDep, MetricsDep, SettingsDep
@@ -124,11 +123,6 @@ def detect_params(settings: Settings, **values: object) -> DetectParams:
     return DetectParams(**values)
 
 
-async def served_model(broker: JobBroker) -> ModelInfo | None:
-    """The model of a ready worker (what requests without their own size and views get), if one is alive."""
-    return next((state.model for state in await broker.workers() if state.status == WorkerStatus.READY), None)
-
-
 async def check_input_budget(
     images: list[ImageUpload], params: DetectParams, broker: JobBroker, settings: Settings
 ) -> None:
@@ -136,7 +130,7 @@ async def check_input_budget(
 
     The model's defaults come from a live worker; with none alive yet the worker makes the same check.
     """
-    model = await served_model(broker)
+    model = await broker.served_model()
     if model is None:
         return
     for image in images:

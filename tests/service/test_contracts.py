@@ -32,3 +32,27 @@ def test_over_input_budget_names_the_limit_and_what_to_change() -> None:
     assert "'b.png' (3840x2160)" in problem and "MASENET_MAX_INPUT_PIXELS" in problem
     largest = float(problem.split("pixel_scale=")[1].split(" ")[0])
     assert over_input_budget("b.png", 3840, 2160, DetectParams(pixel_scale=largest), SHIPPED, 12_000_000) == ""
+
+
+def test_broker_reads_the_served_model_at_most_once_per_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from service import queueing
+    from service.contracts import WorkerState, WorkerStatus
+    from service.settings import Settings
+
+    broker = queueing.JobBroker(Settings(queue_prefix="served-model-test"))
+    reads: list[int] = []
+
+    async def workers() -> list[WorkerState]:
+        reads.append(1)
+        return [WorkerState(name="w", status=WorkerStatus.READY, model=SHIPPED)]
+
+    monkeypatch.setattr(broker, "workers", workers)
+    clock = [100.0]
+    monkeypatch.setattr(queueing.time, "monotonic", lambda: clock[0])
+    assert asyncio.run(broker.served_model()) == SHIPPED
+    clock[0] += queueing.SERVED_MODEL_TTL_S / 2
+    assert asyncio.run(broker.served_model()) == SHIPPED and len(reads) == 1  # cached
+    clock[0] += queueing.SERVED_MODEL_TTL_S
+    assert asyncio.run(broker.served_model()) == SHIPPED and len(reads) == 2  # read again after the TTL
