@@ -87,16 +87,6 @@ def collect_batch(
     return batch
 
 
-def drain(source: queue.Queue[Item]) -> list[Item]:
-    """Everything left in a queue, without waiting."""
-    items = []
-    while True:
-        try:
-            items.append(source.get_nowait())
-        except queue.Empty:
-            return items
-
-
 def group_positions(items: Sequence[Item], key: Callable[[Item], Key]) -> dict[Key, list[int]]:
     """Positions of the items per key, keys and positions in first-seen order."""
     groups: dict[Key, list[int]] = {}

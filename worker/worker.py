@@ -56,7 +56,7 @@ from service.contracts import (
     WorkerStatus,
 )
 from service.settings import Settings, get_settings
-from worker.batching import collect_batch, drain, pair_outputs
+from worker.batching import collect_batch, pair_outputs
 from worker.metrics import WorkerMetrics
 from worker.reaper import Reaper
 from worker.runtime import ImageTask, InferenceRuntime, Outcome, prefer_passive_cpu_threads
@@ -325,9 +325,14 @@ class BatchingWorker(SimpleWorker):
         finally:
             stop.set()
             feeder.join()
-            leftovers = ([carry] if carry is not None else []) + drain(pending)
-            for start in range(0, len(leftovers), self.max_batch):
-                self._process(leftovers[start : start + self.max_batch])
+            while True:  # what the feeder queued before it stopped, in passes of at most max_images, views counted
+                batch = collect_batch(
+                    pending, self.max_images, 0.0, weight=self.runtime.views, first_timeout_s=0, carry=carry
+                )
+                if not batch.items:
+                    break
+                carry = batch.carry
+                self._process(batch.items)
             assert self._completer is not None
             self._completer.submit(lambda: None).result()  # every outcome recorded before returning
 

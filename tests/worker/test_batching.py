@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from worker.batching import collect_batch, drain, group_positions, pair_outputs
+from worker.batching import collect_batch, group_positions, pair_outputs
 
 
 def filled(*items: object) -> queue.Queue:
@@ -96,8 +96,7 @@ def test_rejects_a_zero_batch_size() -> None:
         collect_batch(filled(1), max_size=0, max_delay_s=0.0)
 
 
-def test_drain_group_and_pair() -> None:
-    assert drain(filled(1, 2, 3)) == [1, 2, 3]
+def test_group_and_pair() -> None:
     groups = group_positions([("a", 64), ("b", 128), ("c", 64)], key=lambda item: item[1])
     assert groups == {64: [0, 2], 128: [1]}
     assert pair_outputs(["x", "y"], [1, 2], "step") == [("x", 1), ("y", 2)]
