@@ -185,14 +185,14 @@ def frame_cost(width: int, height: int, params: DetectParams, model: ModelInfo) 
     return input_pixels(width, height, factor) * views, factor, views
 
 
-def over_input_budget(name: str, width: int, height: int, params: DetectParams, model: ModelInfo, budget: int) -> str:
-    """Why a frame is over the input-pixel budget and what to change, or "" when it fits."""
+def over_input_budget(what: str, width: int, height: int, params: DetectParams, model: ModelInfo, budget: int) -> str:
+    """Why a frame (`what`: "image 'name'", "the video's frames") is over the input-pixel budget, or "" if it fits."""
     cost, factor, views = frame_cost(width, height, params, model)
     if cost <= budget:
         return ""
     largest = math.sqrt(budget / views / (width * height)) * 0.98
     return (
-        f"image {name!r} ({width}x{height}) resized by {factor:.3g} with {views} test-time view(s) would fill {cost} "
+        f"{what} ({width}x{height}) resized by {factor:.3g} with {views} test-time view(s) would fill {cost} "
         f"network-input pixels, above the limit of {budget} (MASENET_MAX_INPUT_PIXELS): ask for fewer pixels with "
         f"pixel_scale={largest:.2f} or less, an imgsz, or tta=off"
     )

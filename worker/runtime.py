@@ -214,7 +214,8 @@ class InferenceRuntime:
         """The API checks this before queueing when a worker is alive; a frame queued before that is checked here."""
         assert self.model_info is not None
         budget = self.settings.max_input_pixels
-        return over_input_budget(payload.filename, image.width, image.height, payload.params, self.model_info, budget)
+        what = f"image {payload.filename!r}"
+        return over_input_budget(what, image.width, image.height, payload.params, self.model_info, budget)
 
     def _predict_groups(self, items: list[_Ready], step: Any) -> dict[int, JobFailure]:
         """Run `step` per resize rule and views; on a group failure retry its images alone. Failures by position."""

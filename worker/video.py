@@ -32,6 +32,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from model.tracking import TrackerConfig, track_sequence
+from service.contracts import DetectParams, ModelInfo, over_input_budget
 from service.video import (
     JobStatus,
     JobStorage,
@@ -77,6 +78,8 @@ class VideoContext:
     ttl_s: int = 86400
     between_batches: Callable[[], None] | None = None
     frames_processed: Callable[[int], None] | None = None  # metrics hook: frames run through the model
+    model: ModelInfo | None = None  # the served model's defaults, for the input budget
+    max_input_pixels: int | None = None  # MASENET_MAX_INPUT_PIXELS; None: no check
 
 
 _context: VideoContext | None = None
@@ -274,12 +277,25 @@ def run_chunk(payload: dict[str, Any], context: VideoContext) -> dict[str, Any]:
         raise
 
 
+def check_frame_budget(context: VideoContext, info: VideoInfo, params: dict[str, Any]) -> None:
+    """Refuse a job whose frames would not fit MASENET_MAX_INPUT_PIXELS (accepted before a worker was alive)."""
+    if context.model is None or context.max_input_pixels is None:
+        return
+    wanted = DetectParams(imgsz=params.get("imgsz"), pixel_scale=params.get("pixel_scale"), tta=params.get("tta"))
+    problem = over_input_budget(
+        "the video's frames", info.width, info.height, wanted, context.model, context.max_input_pixels
+    )
+    if problem:
+        raise ValueError(problem)
+
+
 def _detect_chunk(
     context: VideoContext, state: dict[str, Any], prefix: str, job_id: str, index: int, start: int, stop: int
 ) -> dict[str, Any]:
     if context.detector is None:
         raise RuntimeError("this worker has no model loaded")
     params = state["params"]
+    check_frame_budget(context, VideoInfo.from_dict(state["video"]), params)
     stride = int(params.get("frame_stride", 1))
     started = time.perf_counter()
     input_path = context.storage.job_dir(job_id) / state["input_name"]

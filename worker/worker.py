@@ -250,6 +250,8 @@ class BatchingWorker(SimpleWorker):
                 ttl_s=self.settings.job_ttl_s,
                 between_batches=self.serve_waiting_images,
                 frames_processed=self.metrics.video_frames.inc,
+                model=self.runtime.model_info,
+                max_input_pixels=self.settings.max_input_pixels,
             )
         )
 

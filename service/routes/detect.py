@@ -134,7 +134,8 @@ async def check_input_budget(
     if model is None:
         return
     for image in images:
-        problem = over_input_budget(image.filename, image.width, image.height, params, model, settings.max_input_pixels)
+        what = f"image {image.filename!r}"
+        problem = over_input_budget(what, image.width, image.height, params, model, settings.max_input_pixels)
         if problem:
             raise PixelLimitExceeded(problem)
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from service.contracts import MAX_PIXEL_SCALE, Detection, TtaMode
+from service.contracts import MAX_PIXEL_SCALE, Detection, DetectParams, TtaMode, over_input_budget
 from service.deps import AuthDep, BrokerDep, MetricsDep, SettingsDep
 from service.errors import (
     InvalidMedia,
@@ -32,7 +32,7 @@ from service.errors import (
     UploadTooLarge,
 )
 from service.metrics import ApiMetrics, safely
-from service.queueing import unavailable
+from service.queueing import JobBroker, unavailable
 from service.routes.detect import IMGSZ_HELP, PIXEL_SCALE_HELP, TTA_HELP, detect_params
 from service.schemas import ERROR_RESPONSES, ErrorResponse
 from service.settings import Settings
@@ -319,7 +319,7 @@ async def submit_job(
     track: Annotated[bool, Query(description="link detections into tracks with stable track_id")] = True,
     annotate: Annotated[bool, Query(description="also render an annotated MP4 (GET /jobs/{id}/video)")] = False,
 ) -> JobAccepted:
-    resize = detect_params(settings, imgsz=imgsz, pixel_scale=pixel_scale)
+    resize = detect_params(settings, imgsz=imgsz, pixel_scale=pixel_scale, tta=tta)
     boundary = multipart_boundary(request)
     check_declared_length(request, settings.max_video_bytes)
     storage = JobStorage(settings.storage)
@@ -334,13 +334,14 @@ async def submit_job(
             metrics.add_upload_bytes("/jobs", reader.body_bytes)
         info = await run_in_threadpool(probe_or_refuse, received.path)
         check_limits(info, settings)
+        await check_frame_budget(info, resize, broker, settings)
         params = {
             "conf": conf,
             "iou": iou,
             "max_det": max_det,
             "imgsz": resize.imgsz,
             "pixel_scale": resize.pixel_scale,
-            "tta": tta,
+            "tta": resize.tta,
             "frame_stride": frame_stride,
             "track": track,
             "annotate": annotate,
@@ -353,6 +354,20 @@ async def submit_job(
     status_url = f"/jobs/{job_id}"
     response.headers["Location"] = status_url
     return JobAccepted(job_id=job_id, status_url=status_url)
+
+
+async def check_frame_budget(info: VideoInfo, params: DetectParams, broker: JobBroker, settings: Settings) -> None:
+    """413 at upload when the video's frames would fill more network input than MASENET_MAX_INPUT_PIXELS (with a
+    live worker's defaults; the worker checks again before its first batch)."""
+    try:
+        model = await broker.served_model()
+    except redis.RedisError as exc:
+        raise unavailable(settings, exc) from exc
+    if model is not None:
+        budget = settings.max_input_pixels
+        problem = over_input_budget("the video's frames", info.width, info.height, params, model, budget)
+        if problem:
+            raise PixelLimitExceeded(problem)
 
 
 def probe_or_refuse(path: Path) -> VideoInfo:

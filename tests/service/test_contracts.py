@@ -27,11 +27,11 @@ def test_frame_cost_follows_the_request_then_the_model() -> None:
 
 
 def test_over_input_budget_names_the_limit_and_what_to_change() -> None:
-    assert over_input_budget("a.png", 1280, 1024, DetectParams(tta="flips"), SHIPPED, 12_000_000) == ""
-    problem = over_input_budget("b.png", 3840, 2160, DetectParams(), SHIPPED, 12_000_000)
+    assert over_input_budget("image 'a.png'", 1280, 1024, DetectParams(tta="flips"), SHIPPED, 12_000_000) == ""
+    problem = over_input_budget("image 'b.png'", 3840, 2160, DetectParams(), SHIPPED, 12_000_000)
     assert "'b.png' (3840x2160)" in problem and "MASENET_MAX_INPUT_PIXELS" in problem
     largest = float(problem.split("pixel_scale=")[1].split(" ")[0])
-    assert over_input_budget("b.png", 3840, 2160, DetectParams(pixel_scale=largest), SHIPPED, 12_000_000) == ""
+    assert over_input_budget("image 'b.png'", 3840, 2160, DetectParams(pixel_scale=largest), SHIPPED, 12_000_000) == ""
 
 
 def test_broker_reads_the_served_model_at_most_once_per_ttl(monkeypatch: pytest.MonkeyPatch) -> None:

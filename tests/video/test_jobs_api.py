@@ -214,6 +214,15 @@ def test_resize_and_view_parameters_are_checked_before_the_upload(client: TestCl
         assert submit(client, videos["short"], **params).status_code == 422, params
 
 
+def test_a_video_over_the_input_budget_is_413_at_upload(client: TestClient, settings: Settings, videos) -> None:
+    before = set(Path(settings.storage).iterdir())
+    with TestClient(create_app(settings.model_copy(update={"max_input_pixels": 1024}))) as strict:
+        response = submit(strict, videos["short"])
+    assert response.status_code == 413, response.text
+    assert "the video's frames" in response.json()["detail"] and "MASENET_MAX_INPUT_PIXELS" in response.json()["detail"]
+    assert set(Path(settings.storage).iterdir()) == before, "a refused upload leaves no files"
+
+
 def test_upload_cap_is_enforced_while_streaming(client: TestClient, settings: Settings) -> None:
     boundary = "masenetboundary"
 

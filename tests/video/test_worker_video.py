@@ -16,6 +16,7 @@ from rq.job import Job
 from rq.job import JobStatus as RqJobStatus
 from rq.serializers import JSONSerializer
 
+from service.contracts import ModelInfo
 from service.video import (
     JobStatus,
     JobStorage,
@@ -192,6 +193,25 @@ def test_the_job_s_pixel_scale_and_views_reach_the_detector(
     job_id, chunks = submit(redis_connection, prefix, storage, test_video, imgsz=None, pixel_scale=0.75, tta="flips")
     run_all(prefix, job_id, chunks, context_for(redis_connection, storage, detector=Recording()))
     assert calls and all(call == {"imgsz": None, "pixel_scale": 0.75, "tta": "flips"} for call in calls)
+
+
+def test_a_job_over_the_input_budget_fails_before_any_frame_runs(
+    redis_connection, prefix: str, tmp_path: Path, test_video: Path
+) -> None:
+    """Accepted while no worker was alive (so the API could not check it), it fails in the worker with the reason."""
+    storage = JobStorage(tmp_path)
+    job_id, chunks = submit(redis_connection, prefix, storage, test_video, imgsz=None, pixel_scale=2.0, tta="flips")
+    detector = BrightSpotDetector()
+    model = ModelInfo(imgsz=160, pixel_scale=1.5, tta="off")
+    context = context_for(redis_connection, storage, detector, model=model, max_input_pixels=4 * 320 * 256 - 1)
+    (start, stop) = chunks[0]
+    with pytest.raises(ValueError, match="the video's frames \\(160x128\\).*MASENET_MAX_INPUT_PIXELS"):
+        run_chunk({"prefix": prefix, "job_id": job_id, "index": 0, "start": start, "stop": stop}, context)
+    assert detector.batch_sizes == []  # nothing was computed
+    within = context_for(redis_connection, storage, detector, model=model, max_input_pixels=4 * 320 * 256)
+    job_id, chunks = submit(redis_connection, prefix, storage, test_video, imgsz=None, pixel_scale=2.0, tta="flips")
+    run_chunk({"prefix": prefix, "job_id": job_id, "index": 0, "start": chunks[0][0], "stop": chunks[0][1]}, within)
+    assert detector.batch_sizes
 
 
 def test_cancel_between_batches_stops_the_chunk(
