@@ -15,11 +15,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from jobs.settings import Settings, get_settings
 from service.errors import ServiceError
 from service.metrics import ApiMetrics, HttpMetricsMiddleware
 from service.queueing import JobBroker
 from service.routes import detect, health, jobs, metrics, models
-from service.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 

@@ -99,6 +99,7 @@ def _raise_stop(signum: int, _frame: object) -> None:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    from jobs.settings import get_settings, mask_url_password
     from service.launch import (
         LaunchError,
         ProcessGroup,
@@ -108,7 +109,6 @@ def run_up(args: argparse.Namespace) -> int:
         start_private_redis,
         wait_until_ready,
     )
-    from service.settings import get_settings, mask_url_password
 
     settings = get_settings()
     group = ProcessGroup()
@@ -146,6 +146,7 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def run_bench_service(args: argparse.Namespace) -> int:
+    from jobs.settings import DEFAULT_MAX_BATCH_CPU, DEFAULT_MAX_BATCH_GPU, get_settings
     from service import bench
     from service.launch import (
         ProcessGroup,
@@ -155,7 +156,6 @@ def run_bench_service(args: argparse.Namespace) -> int:
         start_private_redis,
         wait_until_ready,
     )
-    from service.settings import DEFAULT_MAX_BATCH_CPU, DEFAULT_MAX_BATCH_GPU, get_settings
 
     sizes = [tuple(int(value) for value in text.lower().split("x")) for text in args.size.split(",") if text.strip()]
     levels = [int(value) for value in args.concurrency.split(",") if value.strip()]

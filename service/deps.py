@@ -7,10 +7,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from jobs.settings import Settings
 from service.errors import Unauthorized
 from service.metrics import ApiMetrics
 from service.queueing import JobBroker
-from service.settings import Settings
 
 
 def get_app_settings(request: Request) -> Settings:

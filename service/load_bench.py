@@ -434,8 +434,8 @@ async def drive(
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from jobs.settings import Settings
     from service.bench import encode_png, synthetic_frames
-    from service.settings import Settings
     from service.video_bench import default_weights, make_clip, private_stack
 
     mix = parse_mix(args.mix)

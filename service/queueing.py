@@ -31,8 +31,8 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from starlette.concurrency import run_in_threadpool
 
-from service.abandoned import fail, holder_gone, requeue, retries_of
-from service.contracts import (
+from jobs.abandoned import fail, holder_gone, requeue, retries_of
+from jobs.contracts import (
     JOB_FUNCTION,
     DetectParams,
     FailureKind,
@@ -43,9 +43,9 @@ from service.contracts import (
     WorkerState,
     WorkerStatus,
 )
+from jobs.settings import Settings
 from service.errors import QueueFull, ServiceUnavailable
 from service.metrics import queue_key
-from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 

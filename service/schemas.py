@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.contracts import Detection, ModelInfo
+from jobs.contracts import Detection, ModelInfo
 
 
 class ImageResult(BaseModel):

@@ -98,7 +98,7 @@ def make_clip(work_dir: Path, seconds: float, size: str, fps: float) -> Path:
 
 def default_weights(work_dir: Path) -> Path:
     """MASENET_WEIGHTS or the shipped file; else a random-init masenet-n (timings are the same)."""
-    from service.settings import Settings
+    from jobs.settings import Settings
 
     configured = Settings().weights
     if configured is not None:

@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
 def run_worker(args: argparse.Namespace) -> int:
     import redis
 
-    from service.settings import get_settings
+    from jobs.settings import get_settings
     from worker.worker import BatchingWorker, default_worker_name
 
     settings = get_settings()

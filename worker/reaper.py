@@ -22,8 +22,8 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from service.abandoned import fail, holder_gone, requeue, retries_of
-from service.settings import Settings
+from jobs.abandoned import fail, holder_gone, requeue, retries_of
+from jobs.settings import Settings
 from service.video import CHUNK_KIND, JobStatus, set_status, take_back_progress
 
 logger = logging.getLogger(__name__)

@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from model.imaging import ImageDecodeError, decode_image, to_rgb8
-from service.contracts import (
+from jobs.contracts import (
     Detection,
     DetectParams,
     FailureKind,
@@ -35,7 +34,8 @@ from service.contracts import (
     ModelInfo,
     over_input_budget,
 )
-from service.settings import Settings
+from jobs.settings import Settings
+from model.imaging import ImageDecodeError, decode_image, to_rgb8
 from worker.batching import group_positions, pair_outputs
 from worker.metrics import WorkerMetrics
 

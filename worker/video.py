@@ -31,8 +31,8 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from jobs.contracts import DetectParams, ModelInfo, over_input_budget
 from model.tracking import TrackerConfig, track_sequence
-from service.contracts import DetectParams, ModelInfo, over_input_budget
 from service.video import (
     JobStatus,
     JobStorage,

@@ -44,7 +44,7 @@ from rq.utils import now
 from rq.worker import SimpleWorker
 from rq.worker import WorkerStatus as RqWorkerStatus
 
-from service.contracts import (
+from jobs.contracts import (
     JOB_FUNCTION,
     FailureKind,
     ImageJobPayload,
@@ -55,7 +55,7 @@ from service.contracts import (
     WorkerState,
     WorkerStatus,
 )
-from service.settings import Settings, get_settings
+from jobs.settings import Settings, get_settings
 from worker.batching import collect_batch, pair_outputs
 from worker.metrics import WorkerMetrics
 from worker.reaper import Reaper

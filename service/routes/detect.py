@@ -9,7 +9,7 @@ import redis
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from service.contracts import (
+from jobs.contracts import (
     MAX_PIXEL_SCALE,
     DetectParams,
     FailureKind,
@@ -18,11 +18,11 @@ from service.contracts import (
     TtaMode,
     over_input_budget,
 )
+from jobs.settings import Settings
 from service.deps import AuthDep, BrokerDep, MetricsDep, SettingsDep
 from service.errors import InvalidMedia, InvalidParameters, PixelLimitExceeded, ResultTimeout, WorkerFailure
 from service.queueing import ImageUpload, JobBroker, Submission, unavailable
 from service.schemas import ERROR_RESPONSES, DetectResponse, ImageResult, Timing
-from service.settings import Settings
 from service.uploads import (
     IMAGE_FIELD,
     MultipartReader,

@@ -6,7 +6,7 @@ import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from service.contracts import WorkerStatus
+from jobs.contracts import WorkerStatus
 from service.deps import BrokerDep, SettingsDep
 from service.queueing import readiness_problem
 from service.schemas import ErrorResponse, HealthResponse, ReadyResponse

@@ -21,7 +21,8 @@ from pydantic import BaseModel, Field
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from service.contracts import MAX_PIXEL_SCALE, Detection, DetectParams, TtaMode, over_input_budget
+from jobs.contracts import MAX_PIXEL_SCALE, Detection, DetectParams, TtaMode, over_input_budget
+from jobs.settings import Settings
 from service.deps import AuthDep, BrokerDep, MetricsDep, SettingsDep
 from service.errors import (
     InvalidMedia,
@@ -35,7 +36,6 @@ from service.metrics import ApiMetrics, safely
 from service.queueing import JobBroker, unavailable
 from service.routes.detect import IMGSZ_HELP, PIXEL_SCALE_HELP, TTA_HELP, detect_params
 from service.schemas import ERROR_RESPONSES, ErrorResponse
-from service.settings import Settings
 from service.video import (
     FINAL_STATUSES,
     InvalidJobIdError,

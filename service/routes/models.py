@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 from fastapi import APIRouter
 
-from service.contracts import WorkerStatus
+from jobs.contracts import WorkerStatus
 from service.deps import AuthDep, BrokerDep, SettingsDep
 from service.queueing import unavailable
 from service.schemas import ERROR_RESPONSES, ModelsResponse, ServedModel

@@ -155,7 +155,7 @@ def used_metric_names() -> set[str]:
 def code_metric_names() -> set[str]:
     """Metric names defined in the service and worker sources (string literals starting with masenet_)."""
     names: set[str] = set()
-    for package in ("service", "worker"):
+    for package in ("service", "worker", "jobs"):
         for source in (ROOT / package).rglob("*.py"):
             names.update(re.findall(r"[\"'](masenet_[a-z0-9_]+)[\"']", source.read_text(encoding="utf-8")))
     return names
@@ -189,7 +189,7 @@ def compose_config(*files: Path, cwd: Path = ROOT) -> dict[str, Any]:
 
 
 def settings_fields() -> dict[str, Any]:
-    from service.settings import Settings
+    from jobs.settings import Settings
 
     return dict(Settings.model_fields)
 
@@ -375,7 +375,16 @@ def test_dockerignore_keeps_the_packages_and_drops_the_rest() -> None:
         if line.strip() and not line.startswith("#")
     ]
     assert lines[0] == "**", "the context is an allow-list"
-    assert {"!pyproject.toml", "!requirements/", "!README.md", "!model/", "!worker/", "!service/"} <= set(lines)
+    assert {
+        "!pyproject.toml",
+        "!requirements/",
+        "!README.md",
+        "!model/",
+        "!worker/",
+        "!service/",
+        "!jobs/",
+        "!tools/",
+    } <= set(lines)
     assert not any(line.startswith("!") and ("tests" in line or "deploy" in line) for line in lines)
     assert not any("weights" in line or "safetensors" in line for line in lines), "the shipped weights must go in"
 
@@ -467,7 +476,7 @@ def test_compose_grafana_access() -> None:
 
 
 def test_compose_masenet_variables_are_settings_fields(monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.settings import Settings
+    from jobs.settings import Settings
 
     fields = settings_fields()
     prefix = Settings.model_config["env_prefix"]
@@ -498,7 +507,7 @@ def test_cpu_override_only_touches_the_worker() -> None:
 
 
 def test_readme_documents_every_setting() -> None:
-    from service.settings import Settings
+    from jobs.settings import Settings
 
     text = README.read_text(encoding="utf-8")
     prefix = Settings.model_config["env_prefix"]

@@ -22,8 +22,8 @@ import numpy as np
 import redis
 from PIL import Image
 
+from jobs.settings import Settings
 from service.launch import free_port, masenet_command
-from service.settings import Settings
 
 REDIS_URL = os.environ.get("MASENET_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 WORKER_START_TIMEOUT_S = 180.0

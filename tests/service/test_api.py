@@ -21,9 +21,9 @@ import redis
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from jobs.settings import Settings
 from service.app import create_app
 from service.launch import free_port
-from service.settings import Settings
 from tests.service.helpers import WorkerProcess, decode_png, make_settings, metric_value, new_prefix, png_bytes
 
 pytestmark = pytest.mark.slow

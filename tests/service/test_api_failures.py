@@ -134,7 +134,7 @@ def test_api_process_never_imports_torch(redis_client: redis.Redis) -> None:
         import json, sys
         from fastapi.testclient import TestClient
         from service.app import create_app
-        from service.settings import Settings
+        from jobs.settings import Settings
 
         settings = Settings(redis_url={REDIS_URL!r}, queue_prefix={new_prefix()!r}, timeout_s=0.5)
         with TestClient(create_app(settings)) as client:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import redis
 
 from tests.video.synthetic import write_test_video
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = os.environ.get("MASENET_TEST_VIDEO_REDIS_URL", "redis://127.0.0.1:6379/12")
 
 
 @pytest.fixture()

@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from jobs.settings import Settings
 from service.app import create_app
-from service.settings import Settings
 from service.video import probe_video, video_queue_name
 from tests.service.helpers import WorkerProcess, make_settings, metric_value
 from tests.video.conftest import REDIS_URL

@@ -16,7 +16,7 @@ from rq.job import Job
 from rq.job import JobStatus as RqJobStatus
 from rq.serializers import JSONSerializer
 
-from service.contracts import ModelInfo
+from jobs.contracts import ModelInfo
 from service.video import (
     JobStatus,
     JobStorage,

@@ -16,8 +16,8 @@ from PIL import Image
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from service.contracts import JOB_FUNCTION, Detection, DetectParams, FailureKind, ImageJobPayload
-from service.settings import Settings
+from jobs.contracts import JOB_FUNCTION, Detection, DetectParams, FailureKind, ImageJobPayload
+from jobs.settings import Settings
 from worker.metrics import WorkerMetrics
 from worker.runtime import DecodedImage, ImageTask, InferenceRuntime, JobMediaError
 

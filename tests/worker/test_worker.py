@@ -20,7 +20,7 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from service.contracts import DetectParams, ReplyMessage
+from jobs.contracts import DetectParams, ReplyMessage
 from service.queueing import ImageUpload, JobBroker
 from tests.service.helpers import REDIS_URL, make_settings, new_prefix, png_bytes
 

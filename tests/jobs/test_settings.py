@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings, get_settings, mask_url_password
+from jobs.settings import Settings, get_settings, mask_url_password
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.contracts import DetectParams, ModelInfo, frame_cost, input_pixels, over_input_budget
+from jobs.contracts import DetectParams, ModelInfo, frame_cost, input_pixels, over_input_budget
 
 SHIPPED = ModelInfo(imgsz=960, pixel_scale=1.5, tta="off")
 OLDER = ModelInfo(imgsz=960, pixel_scale=None, tta="flips")
@@ -37,9 +37,9 @@ def test_over_input_budget_names_the_limit_and_what_to_change() -> None:
 def test_broker_reads_the_served_model_at_most_once_per_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
+    from jobs.contracts import WorkerState, WorkerStatus
+    from jobs.settings import Settings
     from service import queueing
-    from service.contracts import WorkerState, WorkerStatus
-    from service.settings import Settings
 
     broker = queueing.JobBroker(Settings(queue_prefix="served-model-test"))
     reads: list[int] = []
