@@ -1,26 +1,23 @@
 """A live monitoring stack on this machine: `masenet serve`, `masenet worker` and Prometheus scraping both.
 
 Shared by the live Prometheus test (`tests/deploy/test_prometheus_live.py`) and the dashboard renderer
-(`deploy/render_dashboard.py`). The API and the worker run against an existing Redis on their own DB index and
-queue prefix (`clean_redis` removes what they left there); the `prometheus` binary (Debian package) scrapes both
-every second and evaluates `deploy/prometheus/alerts.yml`. `send_traffic` is the renderer's mixed load (single and
-multi-image requests, Grad-CAM, refusals, frames that fail in the worker, a video job). Everything runs from the
-repository's sources; nothing here is part of the installed packages.
+(`deploy/render_dashboard.py`). The API and the worker are started by the project's launcher
+(`tools.launch.local_stack`) against an existing Redis on their own DB index and queue prefix (whatever they
+left there is deleted on exit); the `prometheus` binary (Debian package) scrapes both every second and evaluates
+`deploy/prometheus/alerts.yml`. `send_traffic` is the renderer's mixed load (single and multi-image requests,
+Grad-CAM, refusals, frames that fail in the worker, a video job). Everything runs from the repository's sources;
+nothing here is part of the installed packages.
 """
 
 from __future__ import annotations
 
 import io
 import math
-import os
 import random
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,17 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import yaml
 from PIL import Image
+
+from tools.launch import LaunchError, free_port, local_stack, log_tails, wait_until, wait_until_healthy
+from tools.traffic import moving_square_clip, png_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERT_RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 STARTUP_TIMEOUT_S = 120.0
-
-
-class StackError(RuntimeError):
-    """A process of the stack did not start or did not answer in time (the message carries the logs' tails)."""
 
 
 @dataclass
@@ -50,114 +45,6 @@ class LiveStack:
 
     def log_tail(self) -> str:
         return log_tails(self.logs)
-
-
-def log_tails(logs: Mapping[str, Path], lines: int = 40) -> str:
-    """The last lines of each process log that exists, for failure messages."""
-    parts = []
-    for name, path in logs.items():
-        if path.is_file():
-            text = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
-            parts.append(f"--- {name} ---\n" + "\n".join(text))
-    return "\n".join(parts)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def png_bytes(width: int, height: int, seed: int) -> bytes:
-    """A dark 8-bit grayscale frame with a few bright specks (small targets)."""
-    rng = np.random.default_rng(seed)
-    frame = rng.integers(0, 40, size=(height, width), dtype=np.uint8)
-    for _ in range(3):
-        y, x = rng.integers(4, height - 4), rng.integers(4, width - 4)
-        frame[y - 1 : y + 2, x - 1 : x + 2] = 250
-    buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def wait_until(check: Callable[[], Any], timeout_s: float, what: str, logs: Mapping[str, Path] | None = None) -> Any:
-    """Call `check` until it returns something true; StackError with the logs' tails after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except (httpx.HTTPError, OSError, ValueError, KeyError) as exc:  # not up yet, or not answering JSON yet
-            last_error = exc
-        time.sleep(0.25)
-    raise StackError(f"timed out waiting for {what} (last error: {last_error})\n{log_tails(logs or {})}")
-
-
-def start(command: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen:
-    with log.open("w", encoding="utf-8") as handle:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(command, env=dict(env), stdout=handle, stderr=subprocess.STDOUT, cwd=log.parent)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-
-def clean_redis(redis_url: str, prefix: str) -> None:
-    """Delete the queues, jobs, results and worker registrations that a stack with `prefix` left in Redis."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        doomed = list(client.scan_iter(match=f"*{prefix}*", count=500))
-        queues = {f"{prefix}:images", f"{prefix}:video"}
-        job_ids, job_sets = [], []
-        for key in client.scan_iter(match="rq:job:*", count=500):
-            if client.type(key) != "hash":  # a job's dependency set, e.g. of a video's finalize job
-                job_sets.append(key)
-            elif client.hget(key, "origin") in queues:
-                doomed.append(key)
-                job_ids.append(key.removeprefix("rq:job:"))
-        doomed.extend(f"rq:results:{job_id}" for job_id in job_ids)
-        doomed.extend(key for key in job_sets if any(job_id in key for job_id in job_ids))
-        # The worker's rq registration, its results and the queue names rq keeps in its global sets.
-        state_keys = f"{prefix}:workers:"
-        worker_names = {key.removeprefix(state_keys) for key in doomed if key.startswith(state_keys)}
-        for worker_key in client.scan_iter(match="rq:worker:*", count=500):
-            if client.type(worker_key) == "hash" and prefix in (client.hget(worker_key, "queues") or ""):
-                worker_names.add(worker_key.removeprefix("rq:worker:"))
-        for worker_name in worker_names:
-            client.srem("rq:workers", f"rq:worker:{worker_name}")
-            doomed.append(f"rq:worker:{worker_name}")
-        for key in client.scan_iter(match="rq:results:*", count=500):
-            latest = client.xrevrange(key, count=1)
-            if latest and latest[0][1].get("worker_name") in worker_names:
-                doomed.append(key)
-        for member in client.smembers("rq:queues"):
-            if prefix in member:
-                client.srem("rq:queues", member)
-        if doomed:
-            client.delete(*set(doomed))
-    finally:
-        client.close()
-
-
-def make_checkpoint(path: Path, imgsz: int = 160) -> Path:
-    """A random-init masenet-n with one class (seed 0), saved the way shipped weights are."""
-    import torch
-
-    from model import build_model, save_checkpoint
-
-    torch.manual_seed(0)
-    model = build_model("masenet", scale="n", nc=1)
-    return save_checkpoint(path, model, class_names=["target"], imgsz=imgsz, provenance={"purpose": "metrics test"})
 
 
 def prometheus_config(api_port: int, worker_port: int, rules: Path) -> dict[str, Any]:
@@ -181,28 +68,22 @@ def live_stack(
     """
     prometheus = shutil.which("prometheus")
     if prometheus is None:
-        raise StackError("the prometheus binary is not installed (Debian: apt-get install -y prometheus)")
+        raise LaunchError("the prometheus binary is not installed (Debian: apt-get install -y prometheus)")
     api_port, worker_port, prometheus_port = free_port(), free_port(), free_port()
     env = {
-        **os.environ,
-        "MASENET_REDIS_URL": redis_url,
-        "MASENET_QUEUE_PREFIX": prefix,
         "MASENET_WEIGHTS": str(weights),
         "MASENET_DEVICE": "cpu",
         "MASENET_IMGSZ": "160",
         "MASENET_WORKER_METRICS_PORT": str(worker_port),
         "MASENET_STORAGE": str(work / "storage"),
         "MASENET_TIMEOUT_S": "60",
+        "MASENET_API_KEYS": None,
         **(settings or {}),
     }
-    env.pop("MASENET_API_KEYS", None)
     shutil.copy(ALERT_RULES, work / "alerts.yml")
     (work / "prometheus.yml").write_text(
         yaml.safe_dump(prometheus_config(api_port, worker_port, work / "alerts.yml")), encoding="utf-8"
     )
-    logs = {name: work / f"{name}.log" for name in ("api", "worker", "prometheus")}
-    processes: list[subprocess.Popen] = []
-    api_url = f"http://127.0.0.1:{api_port}"
     prometheus_url = f"http://127.0.0.1:{prometheus_port}"
 
     def targets_up() -> bool:
@@ -212,23 +93,20 @@ def live_stack(
         values = {sample["metric"]["job"]: sample["value"][1] for sample in response.json()["data"]["result"]}
         return values == {"masenet-api": "1", "masenet-worker": "1"}
 
-    try:
-        cli = [sys.executable, "-m", "service.cli"]
-        processes.append(start([*cli, "serve", "--host", "127.0.0.1", "--port", str(api_port)], env, logs["api"]))
-        wait_until(lambda: httpx.get(f"{api_url}/healthz").status_code == 200, STARTUP_TIMEOUT_S, "the API", logs)
+    stack_options = {"redis_url": redis_url, "prefix": prefix, "port": api_port, "log_dir": work}
+    with local_stack(env, workers=0, ready_timeout_s=None, **stack_options) as stack:
+        logs = stack.logs
+        wait_until_healthy(stack.api_url, STARTUP_TIMEOUT_S, stack.group.processes, logs)
         # No worker yet: readiness fails with a 503, the server error the error panels need.
-        readyz_before_worker = httpx.get(f"{api_url}/readyz").status_code
-        processes.append(start([*cli, "worker"], env, logs["worker"]))
-        wait_until(lambda: httpx.get(f"{api_url}/readyz").status_code == 200, STARTUP_TIMEOUT_S, "a worker", logs)
+        readyz_before_worker = httpx.get(f"{stack.api_url}/readyz").status_code
+        stack.start_worker()
+        stack.wait_ready(STARTUP_TIMEOUT_S)
         tsdb = [f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'tsdb'}"]
         listen = f"--web.listen-address=127.0.0.1:{prometheus_port}"
-        processes.append(start([prometheus, *tsdb, listen], env, logs["prometheus"]))
-        wait_until(targets_up, STARTUP_TIMEOUT_S, "Prometheus to scrape both targets", logs)
-        yield LiveStack(api_url, prometheus_url, logs, readyz_before_worker)
-    finally:
-        for process in reversed(processes):
-            stop(process)
-        clean_redis(redis_url, prefix)
+        logs["prometheus"] = work / "prometheus.log"
+        stack.group.start("prometheus", [prometheus, *tsdb, listen], stack.env, logs["prometheus"], cwd=work)
+        wait_until(targets_up, STARTUP_TIMEOUT_S, "Prometheus to scrape both targets", logs=logs)
+        yield LiveStack(stack.api_url, prometheus_url, logs, readyz_before_worker)
 
 
 # ------------------------------------------------------------------------------------------ mixed traffic
@@ -252,25 +130,6 @@ def request_files(kind: str, rng: random.Random, frames: list[bytes]) -> tuple[d
     return params, [("image", (f"{kind}-{index}.png", data, "image/png")) for index, data in enumerate(images)]
 
 
-def tiny_video(frames: int = 200, width: int = 160, height: int = 128) -> bytes:
-    """An H.264 MP4 (PyAV) of a bright 4-pixel square crossing a dark frame."""
-    import av
-
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for index in range(frames):
-            image = np.full((height, width, 3), 16, dtype=np.uint8)
-            x = int(8 + 0.7 * index) % (width - 8)
-            image[60:64, x : x + 4] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buffer.getvalue()
-
-
 def video_job(client: httpx.Client, clip: bytes) -> str:
     """POST /jobs, poll until the job ends (GET /jobs/{id} counts it finished), read its result."""
     accepted = client.post("/jobs", files={"video": ("clip.mp4", clip, "video/mp4")})
@@ -289,7 +148,7 @@ def send_traffic(api_url: str, seconds: float) -> Counter[str]:
     at 8 per second (a backlog, then 503s), and one video job; returns how many answers of each kind and status."""
     rng = random.Random(0)
     frames = [png_bytes(96 + 32 * (i % 4), 96 + 16 * (i % 3), seed=i) for i in range(8)]
-    clip, answers, video_at = tiny_video(), [], 0.3 * seconds
+    clip, answers, video_at = moving_square_clip(), [], 0.3 * seconds
     surges = [(at, at + 10) for at in (0.25 * seconds, 0.7 * seconds)]
     with httpx.Client(base_url=api_url, timeout=120) as client, ThreadPoolExecutor(max_workers=32) as pool:
         started = time.monotonic()

@@ -36,7 +36,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from deploy.live_stack import STACK_SETTINGS, live_stack, make_checkpoint, send_traffic
+from deploy.live_stack import STACK_SETTINGS, live_stack, send_traffic
+from tools.traffic import random_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "masenet.json"
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="masenet-dashboard-") as tmp:
             work = Path(tmp)
             weights = args.weights or (SHIPPED_WEIGHTS if SHIPPED_WEIGHTS.is_file() else None)
-            weights = weights or make_checkpoint(work / "random-init-n.safetensors")
+            weights = weights or random_checkpoint(work / "random-init-n.safetensors", imgsz=160)
             prefix = f"masenet-dashboard-{uuid.uuid4().hex[:8]}"
             with live_stack(work, REDIS_URL, prefix, weights, STACK_SETTINGS) as stack:
                 start = time.time()

@@ -19,10 +19,11 @@ JOB_FUNCTION = "worker.runtime.run_job"
 
 
 class JobKind(str, Enum):
-    """What a job asks for; the worker keeps a registry from kind to handler."""
+    """What a job asks for; the worker keeps a registry from kind to handler (`BatchingWorker.job_handlers`)."""
 
     IMAGE = "image"
-    VIDEO = "video"
+    VIDEO_CHUNK = "video_chunk"
+    VIDEO_FINALIZE = "video_finalize"
 
 
 class FailureKind(str, Enum):
@@ -39,22 +40,28 @@ MAX_PIXEL_SCALE = 8.0  # model.checkpoint.MAX_PIXEL_SCALE
 NETWORK_STRIDE = 32  # every input side is padded to a multiple of the largest stride
 
 
-class DetectParams(BaseModel):
-    """Per-image inference parameters, already validated by the API."""
+IMGSZ_HELP = "resize every frame's longer side to this fixed size instead of by the pixel scale"
+PIXEL_SCALE_HELP = "resize factor; default: MASENET_IMGSZ if set, else the pixel scale the model was trained at"
+TTA_HELP = "test-time augmentation: off (one pass), mirror (2 views), flips (4 views); default: the worker's"
 
-    model_config = ConfigDict(frozen=True)
 
-    conf: float = Field(0.25, ge=0.0, le=1.0)
-    iou: float = Field(0.45, ge=0.0, le=1.0)
-    max_det: int = Field(300, ge=1, le=1000)
-    imgsz: int | None = Field(
-        None, ge=32, le=2048, multiple_of=32, description="a fixed longer side; None: resize by the pixel scale"
-    )
-    pixel_scale: float | None = Field(
-        None, gt=0.0, le=MAX_PIXEL_SCALE, description="resize factor; None: the model's (the scale it trained at)"
-    )
-    tta: TtaMode | None = Field(None, description="test-time augmentation; None: the worker's default")
-    gradcam: bool = False
+class InferenceParams(BaseModel):
+    """How frames are run through the model; the one declaration of these bounds (API queries and jobs use it)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    conf: float = Field(0.25, ge=0.0, le=1.0, description="score threshold")
+    iou: float = Field(0.45, ge=0.0, le=1.0, description="NMS IoU threshold")
+    max_det: int = Field(300, ge=1, le=1000, description="most boxes per frame")
+    imgsz: int | None = Field(None, ge=32, le=2048, multiple_of=32, description=IMGSZ_HELP)
+    pixel_scale: float | None = Field(None, gt=0.0, le=MAX_PIXEL_SCALE, description=PIXEL_SCALE_HELP)
+    tta: TtaMode | None = Field(None, description=TTA_HELP)
+
+
+class DetectParams(InferenceParams):
+    """Per-image parameters (the query of POST /detect), already validated by the API."""
+
+    gradcam: bool = Field(False, description="also return a Grad-CAM overlay PNG per image")
 
 
 def input_pixels(width: int, height: int, scale: float) -> int:

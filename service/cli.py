@@ -1,8 +1,9 @@
 """The `masenet` command line.
 
 Each package contributes its subcommands through a `register(subparsers, bench_subparsers)` function in
-its `commands` module. Those modules import nothing heavy at module level (torch is imported inside the
-handlers), so `masenet --help` and the API process stay light.
+its `commands` module (`serve`, `up` and the service benchmarks come from `tools.commands`). Those modules
+import nothing heavy at module level (torch is imported inside the handlers), so `masenet --help` and the API
+process stay light. This is the only module of `service/` that imports `model`, `worker` or `tools`.
 
 Before any handler imports torch, `main` asks torch's CPU allocator for transparent huge pages
 (`THP_MEM_ALLOC_ENABLE=1`, unless the environment already says otherwise; torch reads it once, at its first
@@ -21,7 +22,7 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from model import commands as model_commands
-    from service import commands as service_commands
+    from tools import commands as tools_commands
     from worker import commands as worker_commands
 
     parser = argparse.ArgumentParser(prog="masenet", description="MASENet infrared small-target detection")
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     bench = subparsers.add_parser("bench", help="benchmarks that print a table")
     bench_subparsers = bench.add_subparsers(dest="bench", required=True)
-    for module in (model_commands, worker_commands, service_commands):
+    for module in (model_commands, worker_commands, tools_commands):
         module.register(subparsers, bench_subparsers)
     return parser
 

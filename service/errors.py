@@ -90,3 +90,17 @@ class WorkerFailure(ServiceError):
 
     status_code = 500
     reason = "worker_error"
+
+
+class JobNotFound(ServiceError):
+    """An unknown, expired or malformed job id."""
+
+    status_code = 404
+    reason = "params"
+
+
+class JobNotReady(ServiceError):
+    """The job exists but what was asked for is not there (yet): not finished, or not asked for at submission."""
+
+    status_code = 409
+    reason = "params"

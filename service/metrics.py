@@ -1,8 +1,8 @@
 """Prometheus metrics of the API process, served at `GET /metrics`.
 
 Each app owns a `CollectorRegistry` (one uvicorn process per API container; no multiprocess mode). The
-queue depth is read from Redis at scrape time by a custom collector. Recording a metric never fails a
-request: every update goes through `safely`.
+queue depth and the video jobs' outcomes are read from Redis at scrape time by a custom collector. Recording a
+metric never fails a request: every update goes through `safely`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobs.settings import Settings
+from jobs.store import outcomes_key
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,9 @@ def safely(update: Callable[[], Any]) -> None:
         logger.debug("metric update failed", exc_info=True)
 
 
-class QueueDepthCollector(Collector):
-    """`masenet_queue_depth{queue}`: LLEN of the image and video queues at scrape time."""
+class RedisStateCollector(Collector):
+    """Read from Redis at scrape time: `masenet_queue_depth{queue}` (LLEN of the image and video queues) and
+    `masenet_video_jobs_total{status}` (video jobs by outcome, counted once per job by whichever process ended it)."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -60,20 +62,25 @@ class QueueDepthCollector(Collector):
             )
         return self._client
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily("masenet_queue_depth", "Jobs waiting in each queue", labels=["queue"])
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        depth = GaugeMetricFamily("masenet_queue_depth", "Jobs waiting in each queue", labels=["queue"])
+        video_jobs = CounterMetricFamily("masenet_video_jobs", "Video jobs by outcome", labels=["status"])
         queues = {"images": self._settings.image_queue, "video": self._settings.video_queue}
         try:
             with self._redis().pipeline(transaction=False) as pipeline:
                 for name in queues.values():
                     pipeline.llen(queue_key(name))
-                depths = pipeline.execute()
+                pipeline.hgetall(outcomes_key(self._settings.queue_prefix))
+                *depths, outcomes = pipeline.execute()
         except Exception as exc:  # Redis down: no sample, never an error
             logger.debug("queue depth unavailable: %s", exc)
-            return [family]
-        for label, depth in zip(queues, depths, strict=True):
-            family.add_metric([label], float(depth))
-        return [family]
+            return [depth, video_jobs]
+        for label, value in zip(queues, depths, strict=True):
+            depth.add_metric([label], float(value))
+        counts = {name.decode(): int(value) for name, value in outcomes.items()}
+        for status in VIDEO_JOB_STATUSES:
+            video_jobs.add_metric([status], float(counts.get(status, 0)))
+        return [depth, video_jobs]
 
 
 def queue_key(queue_name: str) -> str:
@@ -115,10 +122,7 @@ class ApiMetrics:
         )
         for reason in REJECT_REASONS:
             self.rejected.labels(reason=reason)
-        self.video_jobs = Counter("masenet_video_jobs", "Video jobs by outcome", ["status"], registry=self.registry)
-        for status in VIDEO_JOB_STATUSES:
-            self.video_jobs.labels(status=status)
-        self.registry.register(QueueDepthCollector(settings))
+        self.registry.register(RedisStateCollector(settings))
 
     def reject(self, reason: str) -> None:
         safely(lambda: self.rejected.labels(reason=reason).inc())

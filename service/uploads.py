@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -57,27 +57,29 @@ class ParsedUpload:
     body_bytes: int
 
 
-def multipart_boundary(content_type: str | None) -> bytes:
+def multipart_boundary(content_type: str | None, field: str = IMAGE_FIELD, what: str = "the images") -> bytes:
     """The boundary of a multipart/form-data Content-Type, or UnsupportedMedia (415)."""
     media_type, options = parse_options_header(content_type or "")
     if media_type != b"multipart/form-data" or not options.get(b"boundary"):
         raise UnsupportedMedia(
-            f"send the images as multipart/form-data with parts named '{IMAGE_FIELD}' "
+            f"send {what} as multipart/form-data with parts named '{field}' "
             f"(got Content-Type {content_type or 'none'!r})"
         )
     return options[b"boundary"]
 
 
-def check_declared_length(content_length: str | None, max_bytes: int) -> None:
+def check_declared_length(
+    content_length: str | None, max_bytes: int, too_large: Callable[[int, int], str] | None = None
+) -> None:
     """Refuse a body whose declared length is already above the cap, before reading it."""
     if content_length is None:
         return
     try:
-        declared = int(content_length)
+        declared = int(content_length)  # not str.isdigit(): it accepts '²', which int() refuses
     except ValueError as exc:
         raise InvalidParameters(f"invalid Content-Length header {content_length!r}") from exc
     if declared > max_bytes:
-        raise UploadTooLarge(upload_limit_message(declared, max_bytes))
+        raise UploadTooLarge((too_large or upload_limit_message)(declared, max_bytes))
 
 
 def upload_limit_message(size: int, max_bytes: int) -> str:

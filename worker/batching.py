@@ -5,8 +5,9 @@ batch holds `max_size` images or `max_delay_s` has passed since the first one. I
 number of images they carry, so a request with several images counts for each of them; an item that
 would overflow the batch is held back as `carry` and opens the next batch.
 
-`group_positions` splits a batch into the groups that must run as separate forward passes (e.g. by input
-size), and `pair_outputs` checks that a step returned exactly one output per input.
+`AdaptiveBatcher` sizes the batches of a video chunk by the time one pass takes. `group_positions` splits a
+batch into the groups that must run as separate forward passes (e.g. by input size), and `pair_outputs`
+checks that a step returned exactly one output per input.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ class CollectedBatch(Generic[Item]):
     items: list[Item] = field(default_factory=list)
     size: int = 0
     carry: Item | None = None
-    waited_s: float = 0.0
 
 
 def collect_batch(
@@ -54,7 +54,6 @@ def collect_batch(
     """
     if max_size < 1:
         raise ValueError(f"max_size must be at least 1, got {max_size}")
-    start = clock()
     batch: CollectedBatch[Item] = CollectedBatch()
     first = carry
     if first is None:
@@ -66,7 +65,6 @@ def collect_batch(
             else:
                 first = source.get(timeout=first_timeout_s)
         except queue.Empty:
-            batch.waited_s = clock() - start
             return batch
     batch.items.append(first)
     batch.size = weight(first)
@@ -83,7 +81,6 @@ def collect_batch(
             break
         batch.items.append(item)
         batch.size += item_weight
-    batch.waited_s = clock() - start
     return batch
 
 
@@ -100,3 +97,26 @@ def pair_outputs(inputs: Sequence[Item], outputs: Sequence[Output], step: str) -
     if len(outputs) != len(inputs):
         raise RuntimeError(f"{step} returned {len(outputs)} outputs for {len(inputs)} inputs")
     return list(zip(inputs, outputs, strict=True))
+
+
+class AdaptiveBatcher:
+    """Sizes batches so that one forward pass takes about `target_s` (in images, views counted).
+
+    Interactive image jobs are served between the batches of a video chunk, so a long batch delays them. On a
+    fast device the size reaches `max_size` at once; on a slow one (a CPU) batches shrink until one takes about
+    `target_s`, which bounds the wait of an image request. The first batch holds a single frame to measure.
+    """
+
+    def __init__(self, max_size: int, target_s: float) -> None:
+        self.max_size = max(1, max_size)
+        self.target_s = target_s
+        self.size = 1
+        self.seconds_per_image: float | None = None
+
+    def observe(self, images: int, seconds: float) -> None:
+        """Record how long a batch of `images` took and size the next one."""
+        per_image = seconds / max(images, 1)
+        previous = self.seconds_per_image
+        self.seconds_per_image = per_image if previous is None else 0.5 * previous + 0.5 * per_image
+        fitting = int(self.target_s / self.seconds_per_image) if self.seconds_per_image > 0 else self.max_size
+        self.size = min(self.max_size, max(1, fitting))

@@ -8,7 +8,8 @@ record has been missing on two passes in a row (so a worker that only blinked is
 It is put back at the front of the queue, with what it had counted in the video's progress taken back, up to
 VIDEO_RETRIES times; after that it fails through rq and the video job fails with the reason, so the finalize
 step still runs and the job ends either way. Image jobs are the API's to retry (service/queueing.py): a
-request is waiting on them.
+request is waiting on them. Once a minute the reaper also removes video job directories older than
+MASENET_JOB_TTL_S from the shared storage.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from rq.serializers import JSONSerializer
 
 from jobs.abandoned import fail, holder_gone, requeue, retries_of
 from jobs.settings import Settings
-from service.video import CHUNK_KIND, JobStatus, set_status, take_back_progress
+from jobs.store import JobStorage, VideoJobStore
+from jobs.video import ChunkPayload, VideoStatus, parse_video_payload
 
 logger = logging.getLogger(__name__)
 
 REAP_INTERVAL_S = 5.0
+CLEANUP_EVERY = 12  # reaper passes between two sweeps of expired video job directories (a minute)
 VIDEO_RETRIES = 2
 
 
@@ -39,6 +42,7 @@ class Reaper:
         self.connection = connection
         self.settings = settings
         self.queue = Queue(settings.video_queue, connection=connection, serializer=JSONSerializer)
+        self.store = VideoJobStore(connection, settings.queue_prefix, JobStorage(settings.storage), settings.job_ttl_s)
         self.suspects: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reaper", daemon=True)
@@ -52,10 +56,14 @@ class Reaper:
             self._thread.join(timeout=2.0)
 
     def _run(self) -> None:
+        passes = 0
         while not self._stop.wait(REAP_INTERVAL_S):
+            passes += 1
             try:
                 self.reap()
-            except redis.RedisError as exc:
+                if passes % CLEANUP_EVERY == 0:
+                    self.store.storage.cleanup_expired(self.settings.job_ttl_s)
+            except (redis.RedisError, OSError) as exc:
                 logger.warning("reaper: %s", exc)
             except Exception:
                 logger.exception("reaper pass failed")
@@ -78,17 +86,16 @@ class Reaper:
         return [job.id for job in confirmed]
 
     def recover(self, job: Job) -> None:
-        payload = (job.args or [{}])[0]
-        prefix, video_id = payload.get("prefix", self.settings.queue_prefix), payload.get("job_id")
-        what = f"video {video_id} {job.description or job.id}"
+        video = parse_video_payload((job.kwargs or {}).get("payload"))
+        what = f"video {video.job_id if video else '?'} {job.description or job.id}"
         if retries_of(job) < VIDEO_RETRIES:
-            if (job.meta or {}).get("kind") == CHUNK_KIND and video_id is not None:
-                take_back_progress(self.connection, prefix, video_id, int(payload["index"]))
+            if isinstance(video, ChunkPayload):
+                self.store.take_back_progress(video.job_id, video.index)
             logger.warning("%s: worker %s died while running it; retrying it", what, job.worker_name)
             requeue(self.queue, job)
             return
         detail = f"worker {job.worker_name} died while running it, after {retries_of(job)} retries"
         logger.error("%s: %s; failing the video job", what, detail)
-        if video_id is not None:
-            set_status(self.connection, prefix, video_id, JobStatus.FAILED, error=f"{job.description}: {detail}")
+        if video is not None:
+            self.store.set_status(video.job_id, VideoStatus.FAILED, error=f"{job.description}: {detail}")
         fail(self.queue, job, detail)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -72,6 +72,21 @@ class DecodedImage:
     height: int
 
 
+class Task(Protocol):
+    """What a forward pass needs of a piece of work: an image job, or a frame of a video chunk."""
+
+    params: DetectParams
+    decoded: Future[DecodedImage] | None
+    failure: JobFailure | None
+    picked_at: float
+
+    @property
+    def name(self) -> str: ...  # for messages: "image 'a.png'", "frame 12"
+
+    @property
+    def enqueued_at(self) -> float: ...
+
+
 @dataclass
 class ImageTask:
     """One image job inside the worker, from pick-up to completion."""
@@ -85,6 +100,42 @@ class ImageTask:
     failure: JobFailure | None = None  # set when the task failed before inference
     from_rq_loop: bool = False  # dequeued by rq's loop (may sit in rq's intermediate queue)
 
+    @property
+    def params(self) -> DetectParams:
+        return self.payload.params
+
+    @property
+    def name(self) -> str:
+        return f"image {self.payload.filename!r}"
+
+    @property
+    def enqueued_at(self) -> float:
+        return self.payload.enqueued_at
+
+
+@dataclass
+class FrameTask:
+    """One frame of a video chunk in the same batching path as image jobs."""
+
+    index: int  # position in the source video
+    time_s: float
+    params: DetectParams
+    decoded: Future[DecodedImage]
+    picked_at: float
+    enqueued_at: float
+    failure: JobFailure | None = None
+
+    @property
+    def name(self) -> str:
+        return f"frame {self.index}"
+
+
+def resolved(value: DecodedImage) -> Future[DecodedImage]:
+    """A future that already holds `value` (a frame decoded by its chunk's own reader)."""
+    future: Future[DecodedImage] = Future()
+    future.set_result(value)
+    return future
+
 
 @dataclass
 class Outcome:
@@ -97,7 +148,7 @@ class _Ready:
     """A decoded task waiting for its forward pass."""
 
     position: int
-    task: ImageTask
+    task: Task
     image: DecodedImage
     detections: list[dict] = field(default_factory=list)
     overlay_png: bytes | None = None
@@ -140,9 +191,9 @@ class InferenceRuntime:
         self.model_info = ModelInfo.model_validate(info)
         return self.model_info
 
-    def views(self, task: ImageTask) -> int:
+    def views(self, task: Task) -> int:
         """Images a task adds to a forward pass: its frame times its test-time views."""
-        return len(self.detector.views_for(task.payload.params.tta))
+        return len(self.detector.views_for(task.params.tta))
 
     def group_key(self, params: DetectParams) -> tuple:
         """Tasks with the same key share a forward pass: same resize rule, same views (defaults resolved)."""
@@ -168,12 +219,17 @@ class InferenceRuntime:
             frame = to_rgb8(decode_image(data, max_pixels=self.settings.max_pixels))
         except ImageDecodeError as exc:
             raise JobMediaError(str(exc)) from exc
+        return self.upload(frame, started)
+
+    def upload(self, frame: np.ndarray, started: float | None = None) -> DecodedImage:
+        """An (H, W, 3) uint8 RGB frame copied to the device; observed as the decode stage since `started`."""
+        started = time.perf_counter() if started is None else started
         tensor = self.detector.to_tensors([frame])[0]
         self.metrics.stage.labels(stage="decode").observe(time.perf_counter() - started)
         return DecodedImage(frame=frame, tensor=tensor, width=int(frame.shape[1]), height=int(frame.shape[0]))
 
     # predict + unbatch
-    def run(self, tasks: Sequence[ImageTask]) -> list[Outcome]:
+    def run(self, tasks: Sequence[Task]) -> list[Outcome]:
         """One Outcome per task, in order. Never raises for a single bad image."""
         started = time.perf_counter()
         outcomes: list[Outcome | None] = [None] * len(tasks)
@@ -185,7 +241,7 @@ class InferenceRuntime:
             try:
                 assert task.decoded is not None
                 image = task.decoded.result()
-                problem = self._over_budget(task.payload, image)
+                problem = self._over_budget(task, image)
                 if problem:
                     outcomes[position] = Outcome(failure=JobFailure(kind=FailureKind.MEDIA, detail=problem))
                     continue
@@ -193,12 +249,12 @@ class InferenceRuntime:
             except JobMediaError as exc:
                 outcomes[position] = Outcome(failure=JobFailure(kind=FailureKind.MEDIA, detail=str(exc)))
             except Exception as exc:
-                logger.exception("decoding job %s failed", task.job.id)
+                logger.exception("decoding %s failed", task.name)
                 outcomes[position] = Outcome(failure=internal_failure(exc))
         if ready:
             self.metrics.batch_size.observe(len(ready))
-        plain = [item for item in ready if not item.task.payload.params.gradcam]
-        wanted = [item for item in ready if item.task.payload.params.gradcam]
+        plain = [item for item in ready if not item.task.params.gradcam]
+        wanted = [item for item in ready if item.task.params.gradcam]
         failures = self._predict_groups(plain, self._detect_group) | self._predict_groups(wanted, self._gradcam_group)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         for item in ready:
@@ -210,17 +266,16 @@ class InferenceRuntime:
         self.metrics.images.inc(len(ready) - len(failures))
         return [outcome if outcome is not None else Outcome(failure=_missing()) for outcome in outcomes]
 
-    def _over_budget(self, payload: ImageJobPayload, image: DecodedImage) -> str:
-        """The API checks this before queueing when a worker is alive; a frame queued before that is checked here."""
+    def _over_budget(self, task: Task, image: DecodedImage) -> str:
+        """The API checks this before queueing when a worker is alive; work queued before that is checked here."""
         assert self.model_info is not None
         budget = self.settings.max_input_pixels
-        what = f"image {payload.filename!r}"
-        return over_input_budget(what, image.width, image.height, payload.params, self.model_info, budget)
+        return over_input_budget(task.name, image.width, image.height, task.params, self.model_info, budget)
 
     def _predict_groups(self, items: list[_Ready], step: Any) -> dict[int, JobFailure]:
         """Run `step` per resize rule and views; on a group failure retry its images alone. Failures by position."""
         failures: dict[int, JobFailure] = {}
-        for positions in group_positions(items, lambda item: self.group_key(item.task.payload.params)).values():
+        for positions in group_positions(items, lambda item: self.group_key(item.task.params)).values():
             group = [items[position] for position in positions]
             try:
                 step(group)
@@ -228,7 +283,7 @@ class InferenceRuntime:
             except Exception as exc:
                 error = exc
             if len(group) == 1:
-                logger.error("job %s failed in the model", group[0].task.job.id, exc_info=error)
+                logger.error("%s failed in the model", group[0].task.name, exc_info=error)
                 failures[group[0].position] = internal_failure(error)
                 continue
             logger.warning("a batch of %d failed (%s); retrying its images one by one", len(group), error)
@@ -236,14 +291,14 @@ class InferenceRuntime:
                 try:
                     step([item])
                 except Exception as exc:
-                    logger.error("job %s failed in the model", item.task.job.id, exc_info=exc)
+                    logger.error("%s failed in the model", item.task.name, exc_info=exc)
                     failures[item.position] = internal_failure(exc)
         return failures
 
     def _detect_group(self, group: list[_Ready]) -> None:
         """Letterbox on the device, one forward, NMS with each image's own thresholds."""
         detector = self.detector
-        params = [item.task.payload.params for item in group]
+        params = [item.task.params for item in group]
         tick = time.perf_counter()
         batch, letterbox = detector.prepare(
             [item.image.tensor for item in group], params[0].imgsz, params[0].pixel_scale
@@ -268,7 +323,7 @@ class InferenceRuntime:
         """Detections and overlays with one backward for the group."""
         from model.gradcam import encode_png, gradcam
 
-        params = [item.task.payload.params for item in group]
+        params = [item.task.params for item in group]
         tick = time.perf_counter()
         detections, overlays = gradcam(
             self.detector,
@@ -286,15 +341,15 @@ class InferenceRuntime:
         self._observe("gradcam", tick)
 
     def _result(self, item: _Ready, elapsed_ms: float, batch_size: int) -> ImageJobResult:
-        payload = item.task.payload
+        task = item.task
         overlay = base64.b64encode(item.overlay_png).decode("ascii") if item.overlay_png is not None else None
         return ImageJobResult(
-            filename=payload.filename,
+            filename=task.payload.filename if isinstance(task, ImageTask) else task.name,
             width=item.image.width,
             height=item.image.height,
             detections=[Detection.model_validate(detection) for detection in item.detections],
             gradcam=overlay,
-            queue_ms=round(max(0.0, item.task.picked_at - payload.enqueued_at) * 1000.0, 3),
+            queue_ms=round(max(0.0, task.picked_at - task.enqueued_at) * 1000.0, 3),
             inference_ms=round(elapsed_ms, 3),
             batch_size=batch_size,
             worker=self.worker_name,

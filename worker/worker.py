@@ -11,7 +11,9 @@ rq's loop dequeues one job at a time. When it hands over an image job, the worke
 
 The session ends when no image job arrived for a short while; rq's loop then serves the video queue,
 which it only reaches when the image queue is empty (queues are listened to in order). Job kinds map to
-handlers in `job_handlers`; kinds without a handler (video chunks) run the rq way, in process.
+handlers in `job_handlers`: a video chunk runs its frames through the same runtime step and stage metrics
+as images (worker.video), serving waiting image jobs between its batches; jobs of other functions run the
+rq way, in process.
 
 Usable as `rq worker -w worker.worker.BatchingWorker <prefix>:images <prefix>:video`; the model loads in
 `work()`. If it fails to load, the worker publishes the reason (GET /readyz shows it), keeps
@@ -20,7 +22,6 @@ Usable as `rq worker -w worker.worker.BatchingWorker <prefix>:images <prefix>:vi
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -29,17 +30,17 @@ import signal
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
+from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import SimpleWorker
 from rq.worker import WorkerStatus as RqWorkerStatus
@@ -56,17 +57,19 @@ from jobs.contracts import (
     WorkerStatus,
 )
 from jobs.settings import Settings, get_settings
+from jobs.store import JobStorage, VideoJobStore
+from jobs.video import ChunkPayload, FinalizePayload
 from worker.batching import collect_batch, pair_outputs
 from worker.metrics import WorkerMetrics
+from worker.presence import StatePublisher, outage_retry
 from worker.reaper import Reaper
 from worker.runtime import ImageTask, InferenceRuntime, Outcome, prefer_passive_cpu_threads
+from worker.video import VideoJobs
 
 logger = logging.getLogger(__name__)
 
 SESSION_IDLE_S = 0.25  # an image session ends after this long without a new image job
 FEED_POLL_S = 0.05  # feeder BLPOP timeout: how quickly it notices the end of a session
-STATE_REFRESH_S = 5.0
-STATE_TTL_S = 15
 RQ_HEARTBEAT_S = 10.0
 REDIS_OUTAGE_S = 60.0  # a worker's Redis calls retry through an outage this long (Redis restarted, failed over)
 DECODE_THREADS = 2
@@ -79,60 +82,11 @@ def default_worker_name() -> str:
 
 
 def job_kind(job: Job) -> str:
-    """The kind of a job: the payload's for image jobs, else the job's meta `kind`, else its function."""
+    """The kind of a MASENet job (its payload's), or the function name of any other job."""
     if job.func_name == JOB_FUNCTION:
         payload = (job.kwargs or {}).get("payload") or {}
         return str(payload.get("kind", JobKind.IMAGE.value))
-    return str((job.meta or {}).get("kind") or job.func_name)
-
-
-def outage_retry(seconds: float, cap_s: float = 1.0) -> Retry:
-    """A redis-py retry policy that keeps retrying a failed connection for about `seconds`.
-
-    A worker's Redis calls (rq's bookkeeping, replies, video progress) then pause through a Redis restart
-    instead of failing: work in hand is finished and recorded once Redis is back, and the worker never exits
-    because of a short outage. The API does not retry: it answers 503 at once while Redis is down.
-    """
-    backoff = ExponentialBackoff(cap=cap_s, base=0.05)
-    warm_up = 5  # 0.05 + 0.1 + 0.2 + 0.4 + 0.8 s before the cap is reached
-    return Retry(backoff, retries=warm_up + max(1, math.ceil((seconds - 1.55) / cap_s)))
-
-
-class StatePublisher:
-    """Keeps `<prefix>:workers:<name>` alive (TTL) with this worker's `WorkerState`, from a daemon thread."""
-
-    def __init__(self, connection: redis.Redis, key: str, state: WorkerState) -> None:
-        self.connection = connection
-        self.key = key
-        self.state = state
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="worker-state", daemon=True)
-
-    def start(self) -> None:
-        self.publish()
-        self._thread.start()
-
-    def update(self, **changes: Any) -> None:
-        self.state = self.state.model_copy(update=changes)
-        self.publish()
-
-    def publish(self) -> None:
-        self.state.updated_at = time.time()
-        try:
-            self.connection.set(self.key, self.state.model_dump_json(), ex=STATE_TTL_S)
-        except redis.RedisError as exc:
-            logger.warning("could not publish the worker state: %s", exc)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2.0)
-        with contextlib.suppress(redis.RedisError):
-            self.connection.delete(self.key)
-
-    def _run(self) -> None:
-        while not self._stop.wait(STATE_REFRESH_S):
-            self.publish()
+    return str(job.func_name)
 
 
 class BatchingWorker(SimpleWorker):
@@ -151,6 +105,7 @@ class BatchingWorker(SimpleWorker):
         self.metrics = WorkerMetrics()
         self.runtime = InferenceRuntime(self.settings, self.connection, self.metrics, worker_name=self.name)
         self.job_handlers: dict[str, JobHandler] = {JobKind.IMAGE.value: self._handle_image_job}
+        self.video: VideoJobs | None = None
         self.max_images = self.settings.effective_max_batch(on_gpu=False)  # images per forward pass, views counted
         self.max_batch = self.max_images  # frames per pass at the default test-time augmentation
         self.metrics_port: int | None = None
@@ -233,27 +188,50 @@ class BatchingWorker(SimpleWorker):
         )
 
     def _install_video_context(self) -> None:
-        """Give the video jobs this process's detector, storage and the hook that serves waiting images."""
-        try:
-            from service.video import JobStorage
-            from worker import video
-        except Exception as exc:  # the video feature is optional for image serving
-            logger.info("video jobs disabled: %s", exc)
-            return
-        video.configure(
-            video.VideoContext(
-                connection=self.connection,
-                storage=JobStorage(self.settings.storage),
-                detector=self.runtime.detector,
-                worker_name=self.name,
-                max_batch=self.max_batch,
-                ttl_s=self.settings.job_ttl_s,
-                between_batches=self.serve_waiting_images,
-                frames_processed=self.metrics.video_frames.inc,
-                model=self.runtime.model_info,
-                max_input_pixels=self.settings.max_input_pixels,
-            )
+        """Video chunks and their finalize step become handlers with this process's runtime and storage."""
+        store = VideoJobStore(
+            self.connection, self.settings.queue_prefix, JobStorage(self.settings.storage), self.settings.job_ttl_s
         )
+        self.video = VideoJobs(
+            store=store,
+            inference=self.runtime,
+            worker_name=self.name,
+            max_images=self.max_images,
+            max_delay_s=self.settings.max_delay_ms / 1000.0,
+            between_batches=self.serve_waiting_images,
+            frames_processed=self.metrics.video_frames.inc,
+        )
+        video = self.video
+        self.job_handlers[JobKind.VIDEO_CHUNK.value] = self._in_place(
+            lambda payload: video.run_chunk(ChunkPayload.model_validate(payload))
+        )
+        self.job_handlers[JobKind.VIDEO_FINALIZE.value] = self._in_place(
+            lambda payload: video.finalize(FinalizePayload.model_validate(payload))
+        )
+
+    def _in_place(self, work: Callable[[dict[str, Any]], Any]) -> JobHandler:
+        """A handler that runs `work(payload)` in this thread with rq's bookkeeping (registries, result, dependents)."""
+
+        def handle(job: Job, queue: Queue) -> None:
+            self.set_state(RqWorkerStatus.BUSY)
+            execution = self._start_job(job, from_rq_loop=True)
+            job.started_at = now()
+            try:
+                with self.death_penalty_class(job.timeout or queue.DEFAULT_TIMEOUT, JobTimeoutException, job_id=job.id):
+                    result = work((job.kwargs or {}).get("payload") or {})
+            except Exception:
+                job.ended_at = now()
+                job._status = JobStatus.FAILED
+                self.handle_job_failure(job=job, queue=queue, exc_string=traceback.format_exc(), execution=execution)
+                return
+            job.ended_at = now()
+            job._result = result
+            job._status = JobStatus.FINISHED
+            self.handle_job_success(
+                job=job, queue=queue, started_job_registry=queue.started_job_registry, execution=execution
+            )
+
+        return handle
 
     def _idle_until_stopped(self) -> None:
         stopped = threading.Event()
@@ -266,7 +244,7 @@ class BatchingWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         handler = self.job_handlers.get(job_kind(job))
         if handler is None:
-            super().execute_job(job, queue)  # rq's own in-process execution (video chunks and the like)
+            super().execute_job(job, queue)  # rq's own in-process execution of jobs that are not MASENet's
             return
         handler(job, queue)
         self.set_state(RqWorkerStatus.IDLE)

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import redis
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from jobs.contracts import (
-    MAX_PIXEL_SCALE,
-    DetectParams,
-    FailureKind,
-    ModelInfo,
-    ReplyMessage,
-    TtaMode,
-    over_input_budget,
-)
+from jobs.contracts import DetectParams, FailureKind, InferenceParams, ModelInfo, ReplyMessage, over_input_budget
 from jobs.settings import Settings
 from service.deps import AuthDep, BrokerDep, MetricsDep, SettingsDep
 from service.errors import InvalidMedia, InvalidParameters, PixelLimitExceeded, ResultTimeout, WorkerFailure
@@ -34,6 +26,7 @@ from service.uploads import (
 )
 
 router = APIRouter(tags=["detection"])
+ParamsT = TypeVar("ParamsT", bound=InferenceParams)
 ROUTE = "/detect"
 # What the parts are expected to hold; the service sniffs the bytes and ignores the part's own Content-Type.
 IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/tiff", "image/bmp")
@@ -76,17 +69,10 @@ async def detect(
     broker: BrokerDep,
     metrics: MetricsDep,
     _auth: AuthDep,
-    conf: Annotated[float, Query(ge=0.0, le=1.0, description="score threshold")] = 0.25,
-    iou: Annotated[float, Query(ge=0.0, le=1.0, description="NMS IoU threshold")] = 0.45,
-    max_det: Annotated[int, Query(ge=1, le=1000, description="most boxes per image")] = 300,
-    imgsz: Annotated[int | None, Query(ge=32, le=2048, multiple_of=32, description=IMGSZ_HELP)] = None,
-    pixel_scale: Annotated[float | None, Query(gt=0.0, le=MAX_PIXEL_SCALE, description=PIXEL_SCALE_HELP)] = None,
-    tta: Annotated[TtaMode | None, Query(description=TTA_HELP)] = None,
-    gradcam: Annotated[bool, Query(description="also return a Grad-CAM overlay PNG per image")] = False,
+    query: Annotated[DetectParams, Query()],
 ) -> DetectResponse:
     started = time.perf_counter()
-    params = detect_params(settings, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz, pixel_scale=pixel_scale)
-    params = params.model_copy(update={"tta": tta, "gradcam": gradcam})
+    params = resolve_size(settings, query)
     uploads = await read_uploads(request, settings, metrics)
     images = await run_in_threadpool(validate_images, uploads, settings)
     try:
@@ -109,18 +95,13 @@ async def detect(
     return build_response(images, submission, replies, started)
 
 
-IMGSZ_HELP = "resize every frame's longer side to this fixed size instead of by the pixel scale"
-PIXEL_SCALE_HELP = "resize factor; default: MASENET_IMGSZ if set, else the pixel scale the model was trained at"
-TTA_HELP = "test-time augmentation: off (one pass), mirror (2 views), flips (4 views); default: the worker's"
-
-
-def detect_params(settings: Settings, **values: object) -> DetectParams:
+def resolve_size(settings: Settings, params: ParamsT) -> ParamsT:
     """A request's parameters; without its own imgsz or pixel_scale, MASENET_IMGSZ (when set) fixes the size."""
-    if values.get("imgsz") is not None and values.get("pixel_scale") is not None:
+    if params.imgsz is not None and params.pixel_scale is not None:
         raise InvalidParameters("give imgsz (a fixed longer side) or pixel_scale (a resize factor), not both")
-    if values.get("imgsz") is None and values.get("pixel_scale") is None:
-        values["imgsz"] = settings.imgsz
-    return DetectParams(**values)
+    if params.imgsz is None and params.pixel_scale is None and settings.imgsz is not None:
+        return params.model_copy(update={"imgsz": settings.imgsz})
+    return params
 
 
 async def check_input_budget(

@@ -10,6 +10,7 @@ panel's query through `/api/v1/query`.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import uuid
@@ -21,12 +22,14 @@ from typing import Any
 import httpx
 import pytest
 
-from deploy.live_stack import LiveStack, live_stack, log_tails, make_checkpoint, png_bytes, wait_until
+from deploy.live_stack import LiveStack, live_stack
 from tests.deploy.test_deploy_files import dashboard_queries
+from tools.launch import log_tails, wait_until
+from tools.traffic import png_bytes, random_checkpoint
 
 pytestmark = pytest.mark.slow
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS_URL = os.environ.get("MASENET_TEST_PROMETHEUS_REDIS_URL", "redis://127.0.0.1:6379/14")
 NEVER = "0001-01-01T00:00:00Z"  # Prometheus' lastEvaluation of a rule not evaluated yet
 # Panels that cannot have data without a GPU: the worker reports NVML figures only on CUDA.
 GPU_ONLY_QUERIES = {
@@ -50,7 +53,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with ExitStack() as running:
         try:
             live = running.enter_context(
-                live_stack(work, REDIS_URL, prefix, make_checkpoint(work / "tiny.safetensors"))
+                live_stack(work, REDIS_URL, prefix, random_checkpoint(work / "tiny.safetensors", imgsz=160))
             )
             stack = Stack(live.api_url, live.prometheus_url, live.logs, live.readyz_before_worker)
             stack.statuses = send_traffic(stack)

@@ -45,6 +45,7 @@ from schemathesis.checks import not_a_server_error
 
 from service.app import create_app
 from tests.service.helpers import WorkerProcess, make_settings, new_prefix
+from tools.traffic import clip_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -125,21 +126,9 @@ def images(image_format: str) -> st.SearchStrategy[bytes]:
 
 def video_file(frames: int, width: int, height: int, seed: int) -> bytes:
     """A short H.264 MP4 of random frames, encoded with PyAV."""
-    import av
-
     rng = np.random.default_rng(seed)
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast"}
-        for _ in range(frames):
-            picture = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buffer.getvalue()
+    pictures = (rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8) for _ in range(frames))
+    return clip_bytes(pictures, fps=10, options={"preset": "ultrafast"})
 
 
 def videos() -> st.SearchStrategy[bytes]:

@@ -23,9 +23,9 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.launch import free_port
 from tests.service.helpers import ApiProcess, WorkerProcess, make_settings, new_prefix, png_bytes
 from tests.video.synthetic import write_test_video
+from tools.launch import free_port
 
 pytestmark = pytest.mark.slow
 logger = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ def test_redis_restart_under_load_answers_every_request_and_the_video_job_resume
     # Requests in flight when Redis went away end with a clear answer (a 5xx with a detail), never a hang.
     assert statuses <= {200, 500, 503, 504}, statuses
     assert all(detail for _, status, detail in clients.answers if status != 200)
-    # The video job resumes: the worker's Redis calls waited through the outage (worker.worker.outage_retry)
+    # The video job resumes: the worker's Redis calls waited through the outage (worker.presence.outage_retry)
     # and the append-only file kept the job, so every frame is there.
     assert final["status"] == "finished", final
     assert result.status_code == 200

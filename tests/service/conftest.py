@@ -30,11 +30,6 @@ def redis_client() -> Iterator[redis.Redis]:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init masenet-n with one class, saved the way shipped weights are."""
-    import torch
+    from tools.traffic import random_checkpoint
 
-    from model.checkpoint import save_checkpoint
-    from model.masenet import build_model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny-n.safetensors"
-    return save_checkpoint(path, build_model("masenet", scale="n", nc=1), class_names=["target"], imgsz=64)
+    return random_checkpoint(tmp_path_factory.mktemp("weights") / "tiny-n.safetensors", imgsz=64)

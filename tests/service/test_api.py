@@ -23,8 +23,8 @@ from PIL import Image
 
 from jobs.settings import Settings
 from service.app import create_app
-from service.launch import free_port
 from tests.service.helpers import WorkerProcess, decode_png, make_settings, metric_value, new_prefix, png_bytes
+from tools.launch import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -21,8 +21,8 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
 from service.app import create_app
-from service.launch import free_port
 from tests.service.helpers import REDIS_URL, WorkerProcess, make_settings, metric_value, new_prefix, png_bytes
+from tools.launch import free_port
 
 pytestmark = pytest.mark.slow
 

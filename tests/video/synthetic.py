@@ -53,20 +53,11 @@ def write_test_video(
     gop: int = 12,
 ) -> Path:
     """Encode the moving squares with PyAV (H.264 yuv420p by default; keyframe every `gop` frames)."""
-    import av
+    from tools.traffic import write_clip
 
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.gop_size = gop
-        if codec == "libx264":
-            stream.options = {"crf": "10", "preset": "veryfast"}
-        for index in range(frames):
-            picture = av.VideoFrame.from_ndarray(render_frame(index, width, height, targets), format="rgb24")
-            for packet in stream.encode(picture):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    pictures = (render_frame(index, width, height, targets) for index in range(frames))
+    options = {"crf": "10", "preset": "veryfast"} if codec == "libx264" else None
+    write_clip(pictures, path, fps=fps, codec=codec, gop=gop, options=options)
     return path
 
 

@@ -19,10 +19,12 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from jobs.settings import Settings
+from jobs.store import JobStorage
+from jobs.video import VideoJobResult
 from service.app import create_app
-from service.video import probe_video, video_queue_name
+from service.video import probe_video
+from tests.conftest import REDIS_URL
 from tests.service.helpers import WorkerProcess, make_settings, metric_value
-from tests.video.conftest import REDIS_URL
 from tests.video.synthetic import write_test_video
 
 pytestmark = pytest.mark.slow
@@ -142,8 +144,9 @@ def test_job_runs_to_a_result_with_rising_progress_split_over_two_workers(client
     detections = [detection for frame in payload["frames"] for detection in frame["detections"]]
     assert detections and all(len(frame["detections"]) <= 3 for frame in payload["frames"])
     assert set(detections[0]) == {"box", "score", "class_id", "class_name", "track_id"}
-    chunk_workers = {chunk["worker"] for chunk in payload["chunks"]}
-    assert len(payload["chunks"]) == 96 // CHUNK_FRAMES
+    assert set(payload) == {"video", "frames"} and VideoJobResult.model_validate(payload)  # the documented model
+    storage = JobStorage(client.app.state.settings.storage)
+    chunk_workers = {storage.read_chunk(job_id, index).worker for index in range(96 // CHUNK_FRAMES)}
     assert chunk_workers == {process.name for process in workers}, "both workers took chunks of the one video"
 
     video = client.get(f"/jobs/{job_id}/video")
@@ -164,7 +167,7 @@ def test_state_survives_an_api_restart(client: TestClient, settings: Settings, v
         state = restarted.get(f"/jobs/{job_id}").json()
         assert state["status"] == "finished" and state["progress"]["frames_total"] == 24
         assert len(restarted.get(f"/jobs/{job_id}/result").json()["frames"]) == 24
-        assert restarted.get(f"/jobs/{job_id}/video").status_code == 404  # not asked for
+        assert restarted.get(f"/jobs/{job_id}/video").status_code == 409  # not asked for: says why
 
 
 def test_cancel_stops_work_and_frees_storage(client: TestClient, settings: Settings, videos, module_redis) -> None:
@@ -173,7 +176,7 @@ def test_cancel_stops_work_and_frees_storage(client: TestClient, settings: Setti
     deleted = client.delete(f"/jobs/{job_id}")
     assert deleted.status_code == 200 and deleted.json()["status"] == "canceled"
     assert not (Path(settings.storage) / job_id).exists()
-    queue = Queue(video_queue_name(PREFIX), connection=module_redis, serializer=JSONSerializer)
+    queue = Queue(f"{PREFIX}:video", connection=module_redis, serializer=JSONSerializer)
     assert not [rq_id for rq_id in queue.job_ids if rq_id.startswith(job_id)]
     time.sleep(3.0)  # running chunks notice the cancel at their next batch
     before = client.get(f"/jobs/{job_id}").json()["progress"]["frames_done"]

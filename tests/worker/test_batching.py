@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from worker.batching import collect_batch, group_positions, pair_outputs
+from worker.batching import AdaptiveBatcher, collect_batch, group_positions, pair_outputs
 
 
 def filled(*items: object) -> queue.Queue:
@@ -20,12 +20,13 @@ def filled(*items: object) -> queue.Queue:
 
 def test_stops_at_max_size_and_leaves_the_rest() -> None:
     source = filled(*range(10))
+    started = time.monotonic()
     batch = collect_batch(source, max_size=4, max_delay_s=1.0)
+    assert time.monotonic() - started < 0.5  # a full batch does not wait for the delay
     assert batch.items == [0, 1, 2, 3]
     assert batch.size == 4
     assert batch.carry is None
     assert source.qsize() == 6
-    assert batch.waited_s < 0.5  # a full batch does not wait for the delay
 
 
 def test_waits_at_most_max_delay_after_the_first_item() -> None:
@@ -102,3 +103,15 @@ def test_group_and_pair() -> None:
     assert pair_outputs(["x", "y"], [1, 2], "step") == [("x", 1), ("y", 2)]
     with pytest.raises(RuntimeError, match="1 outputs for 2 inputs"):
         pair_outputs(["x", "y"], [1], "step")
+
+
+def test_adaptive_batches_stay_near_the_time_target() -> None:
+    batcher = AdaptiveBatcher(max_size=8, target_s=0.25)
+    assert batcher.size == 1  # the first batch measures
+    batcher.observe(images=1, seconds=0.001)  # a fast device: full batches
+    assert batcher.size == 8
+    slow = AdaptiveBatcher(max_size=8, target_s=0.25)
+    slow.observe(images=1, seconds=0.1)  # 0.1 s per image: two fit the target
+    assert slow.size == 2
+    slow.observe(images=2, seconds=1.0)  # it got slower: single images
+    assert slow.size == 1

@@ -31,10 +31,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.video_bench import percentile
+from tools.load_report import (
+    IMAGE_KINDS,
+    KINDS,
+    Kill,
+    Outcome,
+    error_label,
+    exception_label,
+    format_failures,
+    format_kills,
+    format_table,
+    response_detail,
+)
 
-IMAGE_KINDS = ("single", "multi", "gradcam")
-KINDS = (*IMAGE_KINDS, "video")
 DEFAULT_MIX = "single=6,multi=2,gradcam=1,video=1"
 MULTI_IMAGES = 4
 IMAGES_PER_REQUEST = {"single": 1, "multi": MULTI_IMAGES, "gradcam": 1}
@@ -44,16 +53,6 @@ POLL_S = 0.5
 CLIP_FPS = 25.0
 READY_WATCH_S = 300.0
 FINAL_VIDEO_STATUSES = ("finished", "failed", "canceled")
-STATUS_REASONS = {
-    401: "unauthorized",
-    404: "not found",
-    409: "not ready",
-    413: "too large",
-    415: "unsupported media",
-    422: "invalid input",
-    500: "worker failure",
-    504: "timeout",
-}
 
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
@@ -106,41 +105,6 @@ def parse_mix(text: str) -> dict[str, int]:
     return mix
 
 
-def error_label(status_code: int, detail: str) -> str:
-    """Status and a short reason, e.g. "503 queue full", "500 worker failure"."""
-    if status_code == 503:
-        return "503 queue full" if "MASENET_MAX_QUEUE" in detail else "503 unavailable"
-    return f"{status_code} {STATUS_REASONS.get(status_code, 'error')}"
-
-
-def exception_label(exc: BaseException) -> tuple[str, bool]:
-    """(label, unanswered) for a request that got no HTTP answer; unanswered once the request was sent."""
-    import httpx
-
-    if isinstance(exc, httpx.ReadTimeout):
-        return "no answer (client timeout)", True
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
-        return "connection dropped", True
-    return "connection error", False  # connect, write or pool errors: the request was never accepted
-
-
-@dataclass(frozen=True)
-class Outcome:
-    kind: str
-    seconds: float
-    error: str | None = None  # None: ok
-    unanswered: bool = False
-    detail: str = ""
-
-
-@dataclass
-class Kill:
-    at_s: float
-    victim: str
-    replacement: str
-    ready_after_s: float | None = None
-
-
 @dataclass
 class LoadRun:
     """What the clients, the killer and the progress printer share."""
@@ -156,58 +120,6 @@ class LoadRun:
 
     def sending(self) -> bool:
         return time.monotonic() < self.stop_at
-
-
-def response_detail(response: Any) -> str:
-    try:
-        detail = response.json().get("detail", "")
-    except ValueError:
-        detail = response.text
-    return detail if isinstance(detail, str) else str(detail)
-
-
-def format_table(outcomes: list[Outcome], seconds: float) -> str:
-    """Per kind: requests, ok, errors, unanswered, ok per second and latency percentiles of the ok ones."""
-    header = (
-        f"{'kind':>8} {'requests':>8} {'ok':>6} {'errors':>6} {'unanswered':>10} {'ok/s':>7} "
-        f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
-    )
-    lines = [header, "-" * len(header)]
-    for kind in (*KINDS, "all"):
-        rows = [outcome for outcome in outcomes if kind in ("all", outcome.kind)]
-        if not rows and kind != "all":
-            continue
-        ok_ms = [outcome.seconds * 1000.0 for outcome in rows if outcome.error is None]
-        unanswered = sum(outcome.unanswered for outcome in rows)
-        errors = len(rows) - len(ok_ms) - unanswered
-        rate = len(ok_ms) / seconds if seconds > 0 else 0.0
-        cells = " ".join(f"{percentile(ok_ms, q):>8.0f}" if ok_ms else f"{'-':>8}" for q in (0.5, 0.95, 0.99))
-        lines.append(f"{kind:>8} {len(rows):>8} {len(ok_ms):>6} {errors:>6} {unanswered:>10} {rate:>7.2f} {cells}")
-    return "\n".join(lines)
-
-
-def format_failures(outcomes: list[Outcome]) -> str:
-    """Errors, then accepted-but-unanswered requests, grouped by label with their kinds and one example."""
-    lines = []
-    for title, unanswered in (("errors by kind", False), ("accepted but unanswered, by kind", True)):
-        failed = [outcome for outcome in outcomes if outcome.error is not None and outcome.unanswered == unanswered]
-        lines.append(f"{title}:" + ("" if failed else " none"))
-        for label, count in Counter(outcome.error for outcome in failed).most_common():
-            same = [outcome for outcome in failed if outcome.error == label]
-            kinds = ", ".join(f"{kind} {n}" for kind, n in Counter(outcome.kind for outcome in same).most_common())
-            example = next((outcome.detail for outcome in same if outcome.detail), "")
-            lines.append(f"  {label:<28} {count:>5}  ({kinds})" + (f"  e.g. {example[:140]!r}" if example else ""))
-    return "\n".join(lines)
-
-
-def format_kills(kills: list[Kill]) -> str:
-    if not kills:
-        return "worker kills: none"
-    lines = [f"worker kills: {len(kills)}"]
-    for kill in kills:
-        ready = f"ready after {kill.ready_after_s:.1f} s" if kill.ready_after_s is not None else "not ready"
-        lines.append(f"  {kill.at_s:7.1f} s  SIGKILL {kill.victim}, started {kill.replacement} ({ready})")
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------- clients
@@ -372,27 +284,30 @@ class WorkerKiller:
 # ------------------------------------------------------------------------------------------------ run
 
 
-def forget_rq_jobs(redis_url: str, prefix: str) -> None:
-    """Delete rq's job, result and execution keys of the prefix's queues (their names do not carry it)."""
-    import redis
+def start_stack(
+    args: argparse.Namespace, work_dir: Path, resources: contextlib.ExitStack
+) -> tuple[str, WorkerKiller | None]:
+    """The self-started stack (tools.launch.local_stack, stopped with `resources`); its URL and killer."""
+    from tools.launch import local_stack
+    from tools.traffic import bench_weights
+    from tools.video_bench import bench_env
 
-    queues = {f"{prefix}:images", f"{prefix}:video"}
-    connection = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        ids = {
-            key.split(":", 2)[2]
-            for key in connection.scan_iter(match="rq:job:*", count=1000)
-            if key.count(":") == 2 and connection.hget(key, "origin") in queues
-        }
-        doomed = [key for key in connection.scan_iter(match="rq:*", count=1000) if ids & set(key.split(":"))]
-        for start in range(0, len(doomed), 500):
-            connection.delete(*doomed[start : start + 500])
-        connection.srem("rq:queues", *(f"rq:queue:{name}" for name in queues))
-        workers = [name for name in connection.smembers("rq:workers") if prefix in name]
-        if workers:
-            connection.srem("rq:workers", *workers)
-    finally:
-        connection.close()
+    weights = bench_weights(work_dir, args.weights)
+    prefix = f"bench-load-{os.getpid()}"  # worker names carry it too: rq refuses a name still alive
+    stack = resources.enter_context(
+        local_stack(
+            bench_env(weights, args.imgsz, args.workers, args.device),
+            workers=args.workers,
+            redis_url=args.redis_url,
+            prefix=prefix,
+            log_dir=work_dir,
+            worker_name=f"{prefix}-worker",
+            private_storage=True,
+        )
+    )
+    killer = WorkerKiller(stack, f"{prefix}-worker", args.kill_every, args.seed) if args.kill_every else None
+    print(f"started {args.workers} workers and the API at {stack.api_url} (weights {weights})", flush=True)
+    return stack.api_url, killer
 
 
 async def drive(
@@ -435,11 +350,11 @@ async def drive(
 
 def run_bench(args: argparse.Namespace) -> int:
     from jobs.settings import Settings
-    from service.bench import encode_png, synthetic_frames
-    from service.video_bench import default_weights, make_clip, private_stack
+    from model.cli_args import parse_size
+    from tools.traffic import encode_png, synthetic_clip, synthetic_frames
 
     mix = parse_mix(args.mix)
-    width, height = (int(value) for value in args.size.lower().split("x"))
+    width, height = parse_size(args.size)
     if args.url and args.kill_every:
         raise SystemExit("--kill-every needs the self-started stack: leave out --url")
     if args.workers < 1 or args.concurrency < 0 or (args.kill_every is not None and args.kill_every <= 0):
@@ -456,29 +371,14 @@ def run_bench(args: argparse.Namespace) -> int:
             if work_dir is None:
                 work_dir = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="masenet-bench-load-")))
             work_dir.mkdir(parents=True, exist_ok=True)
-            clip = make_clip(work_dir, args.clip_seconds, args.size, CLIP_FPS).read_bytes() if mix["video"] else b""
+            clip = (
+                synthetic_clip(work_dir, args.clip_seconds, width, height, CLIP_FPS).read_bytes()
+                if mix["video"]
+                else b""
+            )
             url, killer = args.url, None
             if url is None:
-                weights = args.weights or default_weights(work_dir)
-                prefix = f"bench-load-{os.getpid()}"  # worker names carry it too: rq refuses a name still alive
-                if args.redis_url:
-                    resources.callback(forget_rq_jobs, args.redis_url, prefix)  # runs after the stack stopped
-                stack = resources.enter_context(
-                    private_stack(
-                        work_dir,
-                        weights,
-                        args.workers,
-                        imgsz=args.imgsz,
-                        prefix=prefix,
-                        redis_url=args.redis_url,
-                        device=args.device,
-                        worker_name=f"{prefix}-worker",
-                    )
-                )
-                url = stack.api_url
-                if args.kill_every:
-                    killer = WorkerKiller(stack, f"{prefix}-worker", args.kill_every, args.seed)
-                print(f"started {args.workers} workers and the API at {url} (weights {weights})", flush=True)
+                url, killer = start_stack(args, work_dir, resources)
             print(
                 f"load: {args.duration:g} s, {args.concurrency} image clients, mix {args.mix}, {width}x{height} "
                 f"frames, imgsz {args.imgsz}" + (f", a worker killed every {args.kill_every:g} s" if killer else ""),

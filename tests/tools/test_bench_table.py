@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from service.bench import LevelResult, format_table
+import math
+
+from tools.bench import LevelResult, format_table, percentile
 
 
 def test_each_level_is_compared_with_its_own_bare_reference() -> None:
@@ -20,14 +22,16 @@ def test_without_a_bare_reference_the_ratio_is_left_out() -> None:
     assert row[-3:] == ["-", "-", "-"] and len(format_table([level], max_batch=8).splitlines()) == 3
 
 
-def test_bare_model_runs_the_eager_forward_at_the_service_scale(tmp_path) -> None:
-    from model.checkpoint import save_checkpoint
-    from model.masenet import build_model
-    from service.bench import BareModel, synthetic_frames
+def test_percentile_of_nothing_is_nan() -> None:
+    assert percentile([10.0, 20.0, 30.0], 0.5) == 20.0
+    assert math.isnan(percentile([], 0.95))
 
-    path = save_checkpoint(
-        tmp_path / "scaled.safetensors", build_model(nc=1), class_names=["t"], imgsz=64, pixel_scale=1.5
-    )
+
+def test_bare_model_runs_the_eager_forward_at_the_service_scale(tmp_path) -> None:
+    from tools.bench import BareModel
+    from tools.traffic import random_checkpoint, synthetic_frames
+
+    path = random_checkpoint(tmp_path / "scaled.safetensors", imgsz=64, pixel_scale=1.5)
     frames = synthetic_frames(80, 48, count=3)
     scaled = BareModel(frames, str(path), "cpu", batch=4, imgsz=None)
     assert tuple(scaled.batch.shape) == (4, 3, 96, 128)  # 80x48 resized by 1.5 to 120x72, padded to 128x96

@@ -13,7 +13,6 @@ thermally limited cores) from skewing the ratio.
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import re
 import sys
@@ -22,8 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-
-SYNTH_FRAMES = 16
 
 
 @dataclass
@@ -41,31 +38,12 @@ class LevelResult:
         return (self.requests - self.errors) / self.seconds if self.seconds > 0 else 0.0
 
     def percentile(self, q: float) -> float:
-        if not self.latencies_ms:
-            return float("nan")
-        return float(np.percentile(np.asarray(self.latencies_ms), q))
+        return percentile(self.latencies_ms, q / 100.0)
 
 
-def synthetic_frames(width: int, height: int, count: int = SYNTH_FRAMES, seed: int = 0) -> list[np.ndarray]:
-    """Grey infrared-like frames: smooth background, sensor noise and a few small bright targets."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    rows, cols = np.mgrid[0:height, 0:width]
-    for _ in range(count):
-        frame = 60.0 + 30.0 * np.sin(cols / max(width, 1) * 3.0 + rng.uniform(0, 6)) + rng.normal(0, 4, (height, width))
-        for _ in range(int(rng.integers(1, 4))):
-            cy, cx = rng.uniform(0, height), rng.uniform(0, width)
-            frame += 120.0 * np.exp(-((rows - cy) ** 2 + (cols - cx) ** 2) / (2 * rng.uniform(1.0, 2.5) ** 2))
-        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
-    return frames
-
-
-def encode_png(frame: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="PNG")
-    return buffer.getvalue()
+def percentile(values: list[float], fraction: float) -> float:
+    """The `fraction` (0 to 1) percentile of `values`; nan when there are none."""
+    return float(np.percentile(values, fraction * 100.0)) if values else float("nan")
 
 
 def match_worker_cpu_policy() -> None:

@@ -1,4 +1,4 @@
-"""`masenet bench load`: its pure helpers, its Redis clean-up, and a real short run with workers killed.
+"""`masenet bench load`: its pure helpers and report, and a real short run with workers killed.
 
 The run uses the real Redis (the tests' database, under the harness's own prefix), real `masenet worker`
 processes on a random-init masenet-n and a real API: 2 workers, about 24 s of load, a worker SIGKILLed every
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import tempfile
-import uuid
 from pathlib import Path
 
 import httpx
@@ -17,19 +16,18 @@ import pytest
 import redis
 
 from service.cli import main
-from service.load_bench import (
+from tests.service.helpers import REDIS_URL
+from tools.load_bench import parse_mix
+from tools.load_report import (
     KINDS,
     Kill,
     Outcome,
     error_label,
     exception_label,
-    forget_rq_jobs,
     format_failures,
     format_kills,
     format_table,
-    parse_mix,
 )
-from tests.service.helpers import REDIS_URL
 
 COLUMNS = ("kind", "requests", "ok", "errors", "unanswered", "ok/s", "p50 ms", "p95 ms", "p99 ms")
 
@@ -98,24 +96,6 @@ def test_table_counts_and_percentiles() -> None:
     assert "SIGKILL w-0, started w-2 (ready after 7.5 s)" in kills and "(not ready)" in kills
 
 
-def test_forget_rq_jobs_deletes_only_the_prefix_jobs(redis_client: redis.Redis) -> None:
-    prefix, other = f"bench-load-{uuid.uuid4().hex[:8]}", f"other-{uuid.uuid4().hex[:8]}"
-    mine, theirs = uuid.uuid4().hex, uuid.uuid4().hex
-    redis_client.hset(f"rq:job:{mine}", mapping={"origin": f"{prefix}:images"})
-    redis_client.set(f"rq:results:{mine}", "x")
-    redis_client.sadd(f"rq:job::{mine}:dependencies", "y")
-    redis_client.hset(f"rq:job:{theirs}", mapping={"origin": f"{other}:images"})
-    redis_client.sadd("rq:queues", f"rq:queue:{prefix}:images", f"rq:queue:{other}:images")
-    redis_client.sadd("rq:workers", f"rq:worker:{prefix}-worker-0", f"rq:worker:{other}-0")
-    forget_rq_jobs(REDIS_URL, prefix)
-    assert not redis_client.exists(f"rq:job:{mine}", f"rq:results:{mine}", f"rq:job::{mine}:dependencies")
-    assert redis_client.hget(f"rq:job:{theirs}", "origin") == f"{other}:images".encode()
-    assert redis_client.smembers("rq:queues") >= {f"rq:queue:{other}:images".encode()}
-    assert f"rq:queue:{prefix}:images".encode() not in redis_client.smembers("rq:queues")
-    assert f"rq:worker:{prefix}-worker-0".encode() not in redis_client.smembers("rq:workers")
-    assert f"rq:worker:{other}-0".encode() in redis_client.smembers("rq:workers")
-
-
 # ----------------------------------------------------------------------------------------------- run
 
 
@@ -150,6 +130,7 @@ def test_short_run_with_worker_kills(
     print(out)  # shown when the test fails
     assert list(tmp_path.iterdir()) == [], "the temporary work folder was left behind"
     assert not list(redis_client.scan_iter(match="*bench-load-*")), "keys of the run's prefix were left behind"
+    assert not list(redis_client.scan_iter(match="rq:job:*")), "the run's rq jobs were left behind"
 
     header = next(line for line in out.splitlines() if line.split()[:1] == ["kind"])
     assert column_names(header) == list(COLUMNS)

@@ -4,20 +4,20 @@ masenet serve --host 127.0.0.1 --port 8000   the API under uvicorn (one process)
 masenet up [--host --port]                   Redis (MASENET_REDIS_URL, or a private redis-server), one
                                              worker and the API; Ctrl-C stops everything it started
 masenet bench service [...]                  throughput and latency of POST /detect per concurrency
+masenet bench video [...]                    video throughput with 1 and 2 workers (video_bench)
 masenet bench load [...]                     mixed load for a set time, workers killed along the way (load_bench)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import time
 
 logger = logging.getLogger(__name__)
-
-READY_TIMEOUT_S = 300.0
 
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     )
     bench.set_defaults(func=run_bench_service)
 
-    from service import load_bench, video_bench
+    from tools import load_bench, video_bench
 
     video_bench.register(subparsers, bench_subparsers)
     load_bench.register(subparsers, bench_subparsers)
@@ -100,86 +100,67 @@ def _raise_stop(signum: int, _frame: object) -> None:
 
 def run_up(args: argparse.Namespace) -> int:
     from jobs.settings import get_settings, mask_url_password
-    from service.launch import (
-        LaunchError,
-        ProcessGroup,
-        child_env,
-        masenet_command,
-        redis_reachable,
-        start_private_redis,
-        wait_until_ready,
-    )
+    from tools.launch import LaunchError, local_stack, redis_reachable
 
     settings = get_settings()
-    group = ProcessGroup()
+    shown_url = mask_url_password(settings.redis_url)
     previous = {signum: signal.signal(signum, _raise_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        redis_url = settings.redis_url
-        if redis_reachable(redis_url):
-            print(f"using Redis at {mask_url_password(redis_url)}")
-        else:
-            print(f"Redis at {mask_url_password(redis_url)} is not reachable: starting a private redis-server")
-            redis_url = start_private_redis(group)
-            print(f"private Redis at {redis_url} (no persistence; stopped on exit)")
-        env = child_env({"MASENET_REDIS_URL": redis_url})
-        group.start("worker", masenet_command("worker"), env=env)
-        group.start("api", masenet_command("serve", "--host", args.host, "--port", str(args.port)), env=env)
-        shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-        base_url = f"http://{shown_host}:{args.port}"
-        print(f"waiting for the worker to load the model ({base_url}/readyz) ...")
-        wait_until_ready(base_url, READY_TIMEOUT_S, group)
-        print(f"MASENet detection service ready at {base_url} (API docs: {base_url}/docs). Ctrl-C to stop.")
-        while (exited := group.first_exited()) is None:
-            time.sleep(0.5)
-        print(f"a service process exited (code {exited.returncode}); stopping the others")
-        return 1
-    except _Stop:
-        print("stopping ...")
-        return 0
-    except LaunchError as exc:
-        print(f"masenet up: {exc}")
-        return 1
+        with contextlib.ExitStack() as resources:  # the handlers below run before the stack stops
+            try:
+                redis_url: str | None = settings.redis_url
+                if redis_reachable(settings.redis_url):
+                    print(f"using Redis at {shown_url}")
+                else:
+                    print(f"Redis at {shown_url} is not reachable: starting a private redis-server")
+                    redis_url = None
+                stack = resources.enter_context(
+                    local_stack(redis_url=redis_url, host=args.host, port=args.port, ready_timeout_s=None)
+                )
+                if redis_url is None:
+                    print(f"private Redis at {stack.redis_url} (no persistence; stopped on exit)")
+                base_url = stack.api_url
+                print(f"waiting for the worker to load the model ({base_url}/readyz) ...")
+                stack.wait_ready()
+                print(f"MASENet detection service ready at {base_url} (API docs: {base_url}/docs). Ctrl-C to stop.")
+                while (exited := stack.group.first_exited()) is None:
+                    time.sleep(0.5)
+                print(f"a service process exited (code {exited.returncode}); stopping the others")
+                return 1
+            except _Stop:
+                print("stopping ...")
+                return 0
+            except LaunchError as exc:
+                print(f"masenet up: {exc}")
+                return 1
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        group.stop()
 
 
 def run_bench_service(args: argparse.Namespace) -> int:
-    from jobs.settings import DEFAULT_MAX_BATCH_CPU, DEFAULT_MAX_BATCH_GPU, get_settings
-    from service import bench
-    from service.launch import (
-        ProcessGroup,
-        child_env,
-        free_port,
-        masenet_command,
-        start_private_redis,
-        wait_until_ready,
-    )
+    from tools import bench
 
-    sizes = [tuple(int(value) for value in text.lower().split("x")) for text in args.size.split(",") if text.strip()]
+    bench.match_worker_cpu_policy()  # before anything imports torch
+    from jobs.settings import get_settings
+    from model.cli_args import parse_size
+    from model.detector import resolve_device
+    from tools.launch import free_port, local_stack
+    from tools.traffic import encode_png, synthetic_frames
+
+    sizes = [parse_size(text) for text in args.size.split(",") if text.strip()]
     levels = [int(value) for value in args.concurrency.split(",") if value.strip()]
     settings = get_settings()
     weights = args.weights or (str(settings.weights) if settings.weights else None)
     device = args.device or settings.device
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    max_batch = args.max_batch or settings.effective_max_batch(on_gpu=resolve_device(device).type == "cuda")
 
-    max_batch = args.max_batch or settings.max_batch
-    if max_batch is None:
-        bench.match_worker_cpu_policy()
-        import torch
-
-        on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-        max_batch = DEFAULT_MAX_BATCH_GPU if on_gpu else DEFAULT_MAX_BATCH_CPU
-
-    group = ProcessGroup()
-    try:
+    with contextlib.ExitStack() as resources:
         url, metrics_url = args.url, args.metrics_url
         if url is None:
-            redis_url = start_private_redis(group)
-            port, metrics_port = free_port(), free_port()
+            metrics_port = free_port()
             overrides = {
-                "MASENET_REDIS_URL": redis_url,
                 "MASENET_WORKER_METRICS_PORT": str(metrics_port),
                 "MASENET_MAX_BATCH": str(max_batch),
                 "MASENET_DEVICE": device,
@@ -188,18 +169,16 @@ def run_bench_service(args: argparse.Namespace) -> int:
             }
             if weights:
                 overrides["MASENET_WEIGHTS"] = weights
-            env = child_env(overrides)
-            group.start("worker", masenet_command("--log-level", "WARNING", "worker"), env=env)
-            group.start("api", masenet_command("--log-level", "WARNING", "serve", "--port", str(port)), env=env)
-            url = f"http://127.0.0.1:{port}"
+            stack = resources.enter_context(local_stack(overrides, log_level="WARNING", ready_timeout_s=None))
+            url = stack.api_url
             metrics_url = metrics_url or f"http://127.0.0.1:{metrics_port}/metrics"
             print(f"started Redis, a worker (max batch {max_batch}) and the API at {url}")
-            wait_until_ready(url, READY_TIMEOUT_S, group)
+            stack.wait_ready()
         for width, height in sizes:
-            frames = bench.synthetic_frames(width, height)
-            payloads = [bench.encode_png(frame) for frame in frames]
+            frames = synthetic_frames(width, height)
+            payloads = [encode_png(frame) for frame in frames]
             bare = None
-            if not args.skip_bare:  # measured while the service is idle, around every level (see service/bench.py)
+            if not args.skip_bare:  # measured while the service is idle, around every level (see tools/bench.py)
                 model = bench.BareModel(frames, weights, device, max_batch, args.imgsz)
                 print(f"bare model: {model.describe()}")
                 bare = model.throughput
@@ -210,7 +189,5 @@ def run_bench_service(args: argparse.Namespace) -> int:
             title = f"POST /detect, one {width}x{height} PNG per request, {served}, {args.requests} requests per level"
             runs = ", ".join(f"{run:.1f}" for run in bare_runs)
             print(f"\n{title}\n{bench.format_table(results, max_batch)}\nbare model runs: {runs} img/s", flush=True)
-    finally:
-        group.stop()
     print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} for the worker and the bare model")
     return 0
