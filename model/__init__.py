@@ -1,7 +1,7 @@
 """MASENet: multi-level adaptive selection and enhancement network for infrared small targets.
 
 Public entry points are imported lazily so that `import model` stays cheap for processes that only need
-the torch-free parts (model.imaging, model.commands).
+the torch-free parts (model.imaging, model.commands, model.cli_args).
 """
 
 from __future__ import annotations

@@ -50,17 +50,6 @@ class BenchRow:
         return self.times_ms["eager"] / self.times_ms[path]
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'640x512' (width x height) to (640, 512)."""
-    try:
-        width, height = (int(part) for part in text.lower().split("x"))
-    except ValueError as exc:
-        raise ValueError(f"size {text!r} is not WIDTHxHEIGHT, e.g. 640x512") from exc
-    if width <= 0 or height <= 0:
-        raise ValueError(f"size {text!r} must be positive")
-    return width, height
-
-
 def _paired_median_ms(
     runs: Sequence[Callable[[], object]], device: torch.device, iters: int, warmup: int
 ) -> tuple[list[float], list[float]]:

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from model.commands import add_tta_argument
+from model.cli_args import add_tta_argument, parse_size
 
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
@@ -95,7 +95,7 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from model.bench import bench_model, format_table, parse_size
+    from model.bench import bench_model, format_table
 
     batch_sizes = [int(text) for text in args.batch_sizes.split(",") if text.strip()]
     sizes = [parse_size(text.strip()) for text in args.sizes.split(",") if text.strip()]

@@ -1,4 +1,4 @@
-"""`masenet export`: the network for other runtimes (ONNX, OpenVINO IR), its metadata beside it (model/runtimes.py)."""
+"""`masenet export`: the network for other runtimes (ONNX, OpenVINO IR), its metadata beside it (model/export.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from model.runtimes import export
+    from model.export import export
 
     for path in export(args.weights, args.out, args.format, dynamic=args.dynamic, half=args.half):
         print(path)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.video.synthetic import write_test_video
+from tests.synthetic_video import write_test_video
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,3 +65,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     for item in gpu_items:
         item.add_marker(pytest.mark.skip(reason="needs a CUDA device (marker gpu)"))
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init masenet-n with one class, saved the way shipped weights are."""
+    from tools.traffic import random_checkpoint
+
+    return random_checkpoint(tmp_path_factory.mktemp("weights") / "random-n.safetensors", imgsz=160)

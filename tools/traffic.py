@@ -121,7 +121,8 @@ def moving_square_clip(frames: int = 200, width: int = 160, height: int = 128) -
 
 def synthetic_clip(work_dir: Path, seconds: float, width: int, height: int, fps: float) -> Path:
     """An infrared-like clip with moving small targets (`model.synth`), cached in `work_dir` by its parameters."""
-    from model.synth.dataset import SynthConfig, write_video
+    from model.synth.config import SynthConfig
+    from model.synth.dataset import write_video
 
     frames = round(seconds * fps)
     out_dir = work_dir / f"clip-{frames}f-{width}x{height}-{fps:g}fps"

@@ -12,10 +12,10 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "SynthConfig": "model.synth.dataset",
+    "SynthConfig": "model.synth.config",
     "SynthFrame": "model.synth.dataset",
     "generate_frame": "model.synth.dataset",
-    "holdout_config": "model.synth.dataset",
+    "holdout_config": "model.synth.config",
     "frame_rng": "model.synth.dataset",
     "write_dataset": "model.synth.dataset",
     "write_preview": "model.synth.dataset",

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 
+from model.cli_args import parse_size
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 320x256, got {text!r}") from None
-    if width < 16 or height < 16:
-        raise argparse.ArgumentTypeError(f"size {text} is too small; use at least 16x16")
-    return width, height
+MIN_SIDE = 16  # the smallest frame side SynthConfig accepts
 
 
 def _backgrounds(text: str) -> tuple[tuple[str, float], ...]:
@@ -74,7 +69,12 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--train", type=int, default=None, help="training frames (default 1000; 0 with --holdout)")
     parser.add_argument("--val", type=int, default=None, help="validation frames (default 200)")
-    parser.add_argument("--size", type=_size, default=None, help="WxH (default 320x256; 640x512 with --holdout)")
+    parser.add_argument(
+        "--size",
+        type=functools.partial(parse_size, minimum=MIN_SIDE),
+        default=None,
+        help="WxH (default 320x256; 640x512 with --holdout)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="base seed (non-negative); same seed, same bytes")
     parser.add_argument(
         "--depth", choices=("8", "16", "both"), default=None, help="PNG depth (default 8; both with --holdout)"
@@ -113,7 +113,8 @@ def _run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from model.synth.backgrounds import FAMILIES, HOLDOUT_FAMILIES
-    from model.synth.dataset import SynthConfig, holdout_config, write_dataset, write_video
+    from model.synth.config import SynthConfig, holdout_config
+    from model.synth.dataset import write_dataset, write_video
 
     config = holdout_config() if args.holdout else SynthConfig()
     recipe = "holdout" if args.holdout else "default"

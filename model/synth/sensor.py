@@ -19,14 +19,11 @@ heavier-tailed temporal noise and clustered dead pixels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from model.synth.backgrounds import box_blur, gaussian_blur
-
-if TYPE_CHECKING:
-    from model.synth.dataset import SynthConfig
+from model.synth.config import SynthConfig
+from model.synth.fields import box_blur, gaussian_blur, log_uniform
 
 
 @dataclass
@@ -62,10 +59,6 @@ class Temporal:
     row_offsets: np.ndarray
 
 
-def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
-    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
-
-
 def grow_clusters(rng: np.random.Generator, index: np.ndarray, width: int) -> np.ndarray:
     """Grow each defect pixel into a connected cluster of 2 to 4 pixels by a short random walk on the grid."""
     steps = np.array([1, -1, width, -width, width + 1, width - 1])
@@ -84,8 +77,8 @@ def sample_sensor(rng: np.random.Generator, height: int, width: int, config: Syn
     bit_depth = int(rng.choice(config.bit_depths))
     full_scale = 2**bit_depth - 1
     per_count = full_scale / 16383.0
-    read_noise = max(_log_uniform(rng, *config.noise_range) * per_count, 0.6)
-    contrast = _log_uniform(rng, *config.contrast_range) * per_count
+    read_noise = max(log_uniform(rng, *config.noise_range) * per_count, 0.6)
+    contrast = log_uniform(rng, *config.contrast_range) * per_count
     offset = rng.uniform(*config.offset_range) * full_scale
 
     rows = np.linspace(-1.0, 1.0, height, dtype=np.float32)[:, None]

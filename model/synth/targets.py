@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from model.synth.fields import log_uniform
+
 MIN_BOX_SIDE = 4.0
 RING_WIDTH = 5.0
 DEFAULT_KINDS = ("gaussian", "elliptical", "blob")
@@ -80,10 +82,6 @@ def size_class(extent: float) -> str:
     return "point" if extent < 3.0 else "small" if extent < 7.0 else "extended"
 
 
-def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
-    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
-
-
 def sample_spec(
     rng: np.random.Generator,
     kind_weights: tuple[tuple[str, float], ...],
@@ -96,8 +94,8 @@ def sample_spec(
     names = [name for name, _ in kind_weights]
     weights = np.array([weight for _, weight in kind_weights], dtype=np.float64)
     kind = str(rng.choice(names, p=weights / weights.sum()))
-    size = _log_uniform(rng, *size_range)
-    snr = _log_uniform(rng, *snr_range) if snr_log_uniform else float(rng.uniform(*snr_range))
+    size = log_uniform(rng, *size_range)
+    snr = log_uniform(rng, *snr_range) if snr_log_uniform else float(rng.uniform(*snr_range))
     angle, lobe = float(rng.uniform(0, np.pi)), 0.0
     if kind == "gaussian":
         axis_a = axis_b = float(np.clip(size / 4.0, 0.4, 2.5))

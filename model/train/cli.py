@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from model.commands import add_runtime_argument, add_tta_argument
+from model.cli_args import add_runtime_argument, add_tta_argument
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MIN_DRAWN_BOX = 12
@@ -113,7 +113,8 @@ def add_resize_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from model.train.trainer import TrainConfig, train
+    from model.train.config import TrainConfig
+    from model.train.trainer import train
 
     if not args.data and not args.resume:
         raise ValueError("--data is required (a data.yaml), unless --resume continues an earlier run")

@@ -50,12 +50,6 @@ class Detections:
         if not len(self.boxes) == len(self.scores) == len(self.classes):
             raise ValueError("boxes, scores and classes must have the same length")
 
-    @classmethod
-    def from_array(cls, rows: np.ndarray) -> Detections:
-        """From (N, 6) rows x1, y1, x2, y2, score, class (the layout non_max_suppression returns)."""
-        rows = np.asarray(rows, dtype=np.float64).reshape(-1, 6)
-        return cls(rows[:, :4], rows[:, 4], rows[:, 5].round().astype(np.int64))
-
     def above(self, conf: float) -> Detections:
         keep = self.scores >= conf
         return Detections(self.boxes[keep], self.scores[keep], self.classes[keep])

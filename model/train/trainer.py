@@ -11,20 +11,14 @@ One run writes, under `out/`:
     steps.csv                mean losses and learning rate every few iterations (at most 50), so a long epoch
                              or a fine-tune that ends inside its first epoch still shows how the loss moved
 
-Optimiser: "auto" takes AdamW (lr 0.002 * 5 / (4 + nc)) for short runs (under 10,000 iterations) and SGD
-(lr 0.01, Nesterov momentum 0.937) for long ones; weight decay applies to weights of convolutions and linear
-layers only. With a time limit, the iterations a run can do are estimated from one timed training step
-before it starts (the smaller of that and epochs * iterations per epoch); "auto", the warm-up cap and the
-EMA ramp use that estimate, and the choice is saved with the config so a resumed run keeps it.
+Optimiser, EMA and learning-rate schedule: optim.py; freezing: freeze.py; the run folder, initial weights
+and resuming: run_state.py.
 
 Mixed precision: always on CUDA, in bfloat16; float16 with loss scaling only on GPUs without bfloat16.
 float16 does not fit the shipped weights: their pre-BatchNorm activations in the head reach about 1.4e7
 (float16 stops at 65,504), and fine-tuning them in float16 gave a NaN loss at the first step on an H200. On
 a CPU, `bf16=True` gives bfloat16 with channels-last memory (faster where the CPU has AVX-512 BF16 or AMX).
 The master weights, loss and optimiser stay float32.
-Freezing: `freeze` names module paths ("backbone", "neck", "head.box_branches", ...) whose weights and BatchNorm
-statistics stay as loaded, e.g. to fine-tune only the class branches on a small dataset; a frozen part costs
-only its forward pass.
 Gradients clipped to norm 10; an EMA of the weights is what gets validated and exported.
 
 Learning rate: a linear warm-up (warmup_epochs, at least 20 iterations, at most 10% of the planned iterations
@@ -50,8 +44,6 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,171 +51,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from model.errors import CheckpointError
 from model.train.assigner import TaskAlignedAssigner
 from model.train.augment import AugmentConfig
+from model.train.config import TrainConfig, TrainResult
 from model.train.data import YoloDataset, collate, describe, worker_count
 from model.train.evaluate import evaluate, overall_metrics, plot_losses, plot_pr_curve, read_results, write_results
+from model.train.freeze import freeze, train_mode
 from model.train.loss import DetectionLoss
+from model.train.optim import ModelEMA, auto_optimizer, build_optimizer, lr_factor
+from model.train.run_state import initial_model, output_dir, resume_state, save_state, trained_pixel_scale
 
 logger = logging.getLogger(__name__)
 
 LOSS_NAMES = ("box", "cls", "dfl")
 CLOSE_MOSAIC = 0.9
-WARMUP_PROGRESS = 0.05
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one training run (the `masenet train` options)."""
-
-    data: str
-    scale: str = "n"
-    imgsz: int = 320
-    serve_imgsz: int | None = None  # inference size written into the exported checkpoint; None: imgsz
-    serve_scale: float | None = None  # pixel scale written into the exported checkpoint; None: the one trained at
-    epochs: int = 100
-    batch: int = 16
-    workers: int = 2
-    device: str = "auto"
-    out: str = "runs/train/exp"
-    resume: bool = False
-    weights: str | None = None
-    time_limit: float | None = None  # minutes
-    lr0: float | None = None  # None: chosen with the optimiser
-    lrf: float = 0.01
-    optimizer: str = "auto"  # auto, sgd, adamw
-    momentum: float = 0.937
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 3.0
-    val_every: int = 1
-    seed: int = 0
-    mosaic: float = 0.5
-    ema_decay: float = 0.9999
-    max_grad_norm: float = 10.0
-    cache: bool | None = None
-    threads: int | None = None  # torch CPU threads; None keeps torch's default (one per core)
-    bf16: bool = False  # CPU only: bfloat16 autocast and channels-last memory (CUDA always autocasts)
-    cls_target: str = "iou"  # class target of a positive: "iou" (box quality) or "presence" (see assigner.py)
-    freeze: tuple[str, ...] = ()  # module paths kept as loaded, e.g. ("backbone", "neck"); see freeze()
-    command: str = field(default_factory=lambda: " ".join(["masenet", *sys.argv[1:]]))
-
-
-@dataclass
-class TrainResult:
-    out_dir: Path
-    best: Path
-    last: Path
-    exported: Path
-    epochs_completed: int
-    best_fitness: float
-    metrics: dict[str, Any]
-    wall_seconds: float
-    stopped_by_time: bool
-
-
-class ModelEMA:
-    """Exponential moving average of a model's state; the decay ramps up as decay * (1 - exp(-updates / tau))."""
-
-    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0, updates: int = 0) -> None:
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay, self.tau, self.updates = decay, tau, updates
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        weight = self.decay * (1 - math.exp(-self.updates / self.tau))
-        current = model.state_dict()
-        for name, value in self.module.state_dict().items():
-            if value.dtype.is_floating_point:
-                value.mul_(weight).add_(current[name].detach(), alpha=1 - weight)
-            else:
-                value.copy_(current[name])
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decayed, plain = [], []
-    for module in model.modules():
-        for name, parameter in module.named_parameters(recurse=False):
-            if not parameter.requires_grad:
-                continue
-            is_weight = name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear))
-            (decayed if is_weight else plain).append(parameter)
-    return [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
-
-
-def freeze(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
-    """Stop the gradients of every parameter whose name is or lies under one of `prefixes` (module paths such
-    as "backbone" or "head.box_branches"); returns the names of the modules whose BatchNorm layers stay in eval
-    mode (`train_mode`), so a frozen part keeps its running statistics as well as its weights."""
-    names = [name for name, _ in model.named_parameters()]
-
-    def under(name: str, prefix: str) -> bool:
-        return name == prefix or name.startswith(prefix + ".")
-
-    def covered(name: str) -> bool:
-        return any(under(name, prefix) for prefix in prefixes)
-
-    for prefix in prefixes:
-        if not any(under(name, prefix) for name in names):
-            tops = sorted({name.split(".")[0] for name in names})
-            raise ValueError(f"--freeze {prefix!r} names no parameters; use module paths such as {', '.join(tops)}")
-    for name, parameter in model.named_parameters():
-        if covered(name):
-            parameter.requires_grad_(False)
-    if prefixes and not any(parameter.requires_grad for parameter in model.parameters()):
-        raise ValueError(f"--freeze {' '.join(prefixes)} leaves nothing to train")
-    return [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and covered(name)
-    ]
-
-
-def train_mode(model: nn.Module, frozen_norms: Sequence[str]) -> nn.Module:
-    """`model.train()`, except the BatchNorm layers named in `frozen_norms`, which stay in eval mode."""
-    model.train()
-    modules = dict(model.named_modules())
-    for name in frozen_norms:
-        modules[name].eval()
-    return model
-
-
-def auto_optimizer(expected_iterations: int) -> str:
-    """AdamW for short runs, SGD for long ones."""
-    return "adamw" if expected_iterations < 10_000 else "sgd"
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig, planned_iterations: int, nc: int) -> torch.optim.Optimizer:
-    """SGD or AdamW (see the module docstring); the base lr is kept in each group's 'initial_lr'."""
-    name = config.optimizer.lower()
-    if name == "auto":
-        name = auto_optimizer(planned_iterations)
-    groups = _param_groups(model, config.weight_decay)
-    if name == "adamw":
-        lr = config.lr0 or round(0.002 * 5 / (4 + nc), 6)
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
-    elif name == "sgd":
-        lr = config.lr0 or 0.01
-        optimizer = torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=True)
-    else:
-        raise ValueError(f"unknown optimizer {config.optimizer!r}; choose auto, sgd or adamw")
-    for group in optimizer.param_groups:
-        group["initial_lr"] = lr
-    logger.info("optimizer %s, lr0 %g, about %d iterations", name, lr, planned_iterations)
-    return optimizer
-
-
-def lr_factor(progress: float, iteration: int, warmup_iterations: int, lrf: float) -> float:
-    """Warm-up times cosine: the fraction of lr0 at this point of the run.
-
-    The warm-up ends after `warmup_iterations` or at WARMUP_PROGRESS of the progress, whichever comes first (a
-    time-limited run may do fewer iterations than planned from the epochs).
-    """
-    cosine = lrf + (1 - lrf) * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
-    if warmup_iterations <= 0:
-        return cosine
-    return cosine * min(1.0, max((iteration + 1) / warmup_iterations, progress / WARMUP_PROGRESS))
 
 
 def _amp_dtype(device: torch.device) -> torch.dtype:
@@ -242,77 +83,10 @@ def _hardware(device: torch.device) -> str:
     )
 
 
-def _output_dir(config: TrainConfig) -> Path:
-    out = Path(config.out)
-    if config.resume or not (out / "weights" / "last.pt").exists():
-        return out
-    number = 2
-    while (out.parent / f"{out.name}{number}" / "weights" / "last.pt").exists():
-        number += 1
-    chosen = out.parent / f"{out.name}{number}"
-    logger.info("%s already holds a run; writing to %s (use --resume to continue it)", out, chosen)
-    return chosen
-
-
-def _initial_model(config: TrainConfig, nc: int) -> nn.Module:
-    from model.checkpoint import load_checkpoint
-    from model.masenet import build_model
-
-    if not config.weights:
-        return build_model(scale=config.scale, nc=nc)
-    source, meta = load_checkpoint(config.weights, device="cpu")
-    model = build_model(scale=meta.scale, nc=nc)
-    target = model.state_dict()
-    matching = {k: v for k, v in source.state_dict().items() if k in target and v.shape == target[k].shape}
-    model.load_state_dict(matching, strict=True)
-    logger.info(
-        "initialised %d of %d tensors from %s (masenet-%s)", len(matching), len(target), config.weights, meta.scale
-    )
-    return model
-
-
-def _save(path: Path, state: dict[str, Any]) -> None:
-    temporary = path.with_suffix(".tmp")
-    torch.save(state, temporary)
-    temporary.replace(path)
-
-
 def _cpu_has_native_bf16() -> bool:
     """Whether the CPU has AVX-512 BF16 or AMX, by torch's private probes (a probe this torch lacks counts as no)."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-
-
-def trained_pixel_scale(dataset: YoloDataset, imgsz: int) -> float:
-    """The factor training resized frames by: `imgsz` over the median longer side of the split's frames."""
-    sides = sorted(max(record.width, record.height) for record in dataset.records)
-    return round(imgsz / sides[len(sides) // 2], 4)
-
-
-def _resume_state(config: TrainConfig, last_path: Path) -> tuple[TrainConfig, dict[str, Any]]:
-    """The saved run state and its config, with this invocation's epochs (if larger), time limit and devices."""
-    if not last_path.is_file():
-        raise CheckpointError(f"nothing to resume: {last_path} not found")
-    state = torch.load(last_path, map_location="cpu", weights_only=True)
-    saved = dict(state["config"])
-    saved.update(
-        resume=True,
-        epochs=max(config.epochs, int(saved["epochs"])),
-        time_limit=config.time_limit,
-        serve_imgsz=config.serve_imgsz or saved.get("serve_imgsz"),
-        serve_scale=config.serve_scale or saved.get("serve_scale"),
-        workers=config.workers,
-        device=config.device,
-        threads=config.threads,
-        command=config.command,
-    )
-    config = TrainConfig(**saved)
-    if state["epoch"] >= config.epochs:
-        raise CheckpointError(
-            f"{last_path}: training already finished {state['epoch']} of {config.epochs} epochs; pass a larger "
-            "--epochs to continue"
-        )
-    return config, state
 
 
 class _Run:
@@ -322,11 +96,11 @@ class _Run:
         from model.detector import resolve_device
 
         self.started = time.perf_counter()
-        self.out = _output_dir(config)
+        self.out = output_dir(config)
         self.last_path, self.best_path = self.out / "weights" / "last.pt", self.out / "weights" / "best.pt"
         resumed = None
         if config.resume:
-            config, resumed = _resume_state(config, self.last_path)
+            config, resumed = resume_state(config, self.last_path)
         self.config = config
         (self.out / "weights").mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
@@ -349,7 +123,7 @@ class _Run:
         self.time_budget = config.time_limit * 60.0 if config.time_limit else None
 
         nc = self.train_set.num_classes
-        self.model = _initial_model(config, nc).to(self.device, memory_format=self.memory_format)
+        self.model = initial_model(config, nc).to(self.device, memory_format=self.memory_format)
         self.frozen_norms = freeze(self.model, config.freeze)
         train_mode(self.model, self.frozen_norms)
         if config.freeze:
@@ -555,9 +329,11 @@ class _Run:
         row["seconds"] = f"{seconds:.1f}"
         self.rows.append(row)
         state = self._state(epoch, metrics)
-        _save(self.last_path, state)
+        save_state(self.last_path, state)
         if improved or not self.best_path.exists():
-            _save(self.best_path, {key: value for key, value in state.items() if key not in ("optimizer", "scaler")})
+            save_state(
+                self.best_path, {key: value for key, value in state.items() if key not in ("optimizer", "scaler")}
+            )
         write_results(self.out / "results.csv", self.rows)
         plot_losses(self.rows, self.out / "losses.png", self.steps)
         if self.best_result is not None:

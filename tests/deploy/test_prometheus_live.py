@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from deploy.live_stack import LiveStack, live_stack
-from tests.deploy.test_deploy_files import dashboard_queries
+from tests.deploy.deploy_files import dashboard_queries
 from tools.launch import log_tails, wait_until
 from tools.traffic import png_bytes, random_checkpoint
 

@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 
 from deploy.render_dashboard import DASHBOARD, GPU_NOTE, format_value, legend, render, substitute
-from tests.deploy.test_deploy_files import dashboard_panels
+from tests.deploy.deploy_files import dashboard_panels
 
 LABELS = {
     "route": "/detect",

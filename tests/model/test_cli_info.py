@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from model.bench import BenchRow, format_table, parse_size
+from model.bench import BenchRow, format_table
+from model.cli_args import parse_size
 from model.ops import merge_tta
 from service.cli import main
 

@@ -16,18 +16,10 @@ from PIL import Image
 from model.imaging import tone_map
 from model.synth import SynthConfig, frame_rng, generate_frame, holdout_config, write_dataset, write_video
 from model.synth import cli as synth_cli
-from model.synth.backgrounds import (
-    CLUTTER_KINDS,
-    FAMILIES,
-    HOLDOUT_CLUTTER_KINDS,
-    HOLDOUT_FAMILIES,
-    cold_pits,
-    lattice,
-    long_crests,
-    render_background,
-    speck_crowd,
-)
+from model.synth.backgrounds import FAMILIES, HOLDOUT_FAMILIES, cold_pits, long_crests, render_background
+from model.synth.clutter import CLUTTER_KINDS, HOLDOUT_CLUTTER_KINDS
 from model.synth.sensor import grow_clusters
+from model.synth.shapes import lattice, speck_crowd
 from model.synth.targets import DEFAULT_KINDS, HOLDOUT_KINDS, MIN_BOX_SIDE, insert_target, ring_std, sample_spec
 
 SMALL = SynthConfig(width=96, height=80)

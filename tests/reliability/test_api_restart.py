@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from tests.service.helpers import REDIS_URL, ApiProcess, WorkerProcess, new_prefix
-from tests.video.synthetic import write_test_video
+from tests.synthetic_video import write_test_video
 
 pytestmark = pytest.mark.slow
 

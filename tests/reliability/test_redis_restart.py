@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from tests.service.helpers import ApiProcess, WorkerProcess, make_settings, new_prefix, png_bytes
-from tests.video.synthetic import write_test_video
+from tests.synthetic_video import write_test_video
 from tools.launch import free_port
 
 pytestmark = pytest.mark.slow

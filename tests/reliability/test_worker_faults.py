@@ -25,7 +25,7 @@ from rq.serializers import JSONSerializer
 
 from service.app import create_app
 from tests.service.helpers import WorkerProcess, make_settings, new_prefix, png_bytes
-from tests.video.synthetic import write_test_video
+from tests.synthetic_video import write_test_video
 
 pytestmark = pytest.mark.slow
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from service.video import UploadTooLargeError, UploadWriter, VideoProbeError, probe_video, safe_suffix
-from tests.video.synthetic import write_test_video
+from tests.synthetic_video import write_test_video
 
 
 def test_probe_reads_an_mp4(test_video: Path) -> None:

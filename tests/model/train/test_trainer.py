@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from model.checkpoint import read_metadata
-from model.train.trainer import TrainConfig, train
+from model.train.config import TrainConfig
+from model.train.trainer import train
 from service.cli import main
 from tests.model.train.conftest import write_squares_dataset
 
@@ -182,7 +183,7 @@ def test_predict_without_weights_is_a_clear_error(tmp_path: Path, capsys) -> Non
 
 
 def test_learning_rate_schedule() -> None:
-    from model.train.trainer import lr_factor
+    from model.train.optim import lr_factor
 
     assert lr_factor(0.0, 0, 10, lrf=0.01) == pytest.approx(0.1)  # first warm-up step
     assert lr_factor(0.5, 100, 10, lrf=0.01) == pytest.approx(0.505)  # half-way down the cosine

@@ -25,7 +25,7 @@ from service.app import create_app
 from service.video import probe_video
 from tests.conftest import REDIS_URL
 from tests.service.helpers import WorkerProcess, make_settings, metric_value
-from tests.video.synthetic import write_test_video
+from tests.synthetic_video import write_test_video
 
 pytestmark = pytest.mark.slow
 

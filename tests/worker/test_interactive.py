@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from tests.conftest import REDIS_URL
 from tests.service.helpers import WorkerProcess, make_settings, new_prefix, png_bytes
-from tests.video.synthetic import write_test_video
+from tests.synthetic_video import write_test_video
 
 pytestmark = pytest.mark.slow
 

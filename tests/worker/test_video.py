@@ -1,6 +1,6 @@
 """worker.video: chunks through the batching path (collect_batch + the runtime step), finalize, tracking, cancel.
 
-The inference step is a stand-in that finds bright squares (tests.video.synthetic.BrightSpotDetector) behind
+The inference step is a stand-in that finds bright squares (tests.synthetic_video.BrightSpotDetector) behind
 the same `FrameInference` interface as the worker's runtime, so positions and tracks can be checked exactly;
 one test runs the real runtime on a random-init network.
 """
@@ -26,7 +26,7 @@ from jobs.video import (
     processed_frame_count,
 )
 from service.video import probe_video
-from tests.video.synthetic import DEFAULT_TARGETS, BrightSpotDetector, write_test_video
+from tests.synthetic_video import DEFAULT_TARGETS, BrightSpotDetector, write_test_video
 from worker.frames import iter_frames
 from worker.metrics import WorkerMetrics
 from worker.runtime import DecodedImage, FrameTask, InferenceRuntime, Outcome
