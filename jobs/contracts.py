@@ -176,11 +176,16 @@ class WorkerState(BaseModel):
     updated_at: float = 0.0
 
 
-def frame_cost(width: int, height: int, params: DetectParams, model: ModelInfo) -> tuple[int, float, int]:
-    """(network-input pixels times views, resize factor, views) for one frame served with `params` by `model`.
+GRADCAM_COST = 11  # memory per input pixel of Grad-CAM over a plain forward pass (2,150 bytes against 205, CPU, fp32)
 
-    The request's imgsz or pixel_scale, else the model's pixel scale, else its imgsz decide the factor; the
-    request's tta, else the model's, the views. `MASENET_MAX_INPUT_PIXELS` bounds the first number.
+
+def frame_cost(width: int, height: int, params: InferenceParams, model: ModelInfo) -> tuple[int, float, int]:
+    """(cost, resize factor, views) of one frame served with `params` by `model`.
+
+    The cost is the network-input pixels the frame fills times its test-time views, times GRADCAM_COST when it
+    asks for Grad-CAM (activations and gradients are kept for the backward pass): a measure of the memory its
+    pass needs. The request's imgsz or pixel_scale, else the model's pixel scale, else its imgsz decide the
+    factor; the request's tta, else the model's, the views. `MASENET_MAX_INPUT_PIXELS` bounds the cost.
     """
     if params.imgsz is not None:
         factor = params.imgsz / max(width, height)
@@ -189,17 +194,25 @@ def frame_cost(width: int, height: int, params: DetectParams, model: ModelInfo) 
     else:
         factor = model.imgsz / max(width, height)
     views = TTA_VIEW_COUNTS[params.tta or model.tta]
-    return input_pixels(width, height, factor) * views, factor, views
+    return input_pixels(width, height, factor) * views * gradcam_weight(params), factor, views
 
 
-def over_input_budget(what: str, width: int, height: int, params: DetectParams, model: ModelInfo, budget: int) -> str:
+def gradcam_weight(params: InferenceParams) -> int:
+    return GRADCAM_COST if isinstance(params, DetectParams) and params.gradcam else 1
+
+
+def over_input_budget(
+    what: str, width: int, height: int, params: InferenceParams, model: ModelInfo, budget: int
+) -> str:
     """Why a frame (`what`: "image 'name'", "the video's frames") is over the input-pixel budget, or "" if it fits."""
     cost, factor, views = frame_cost(width, height, params, model)
     if cost <= budget:
         return ""
-    largest = math.sqrt(budget / views / (width * height)) * 0.98
+    weight = gradcam_weight(params)
+    largest = math.sqrt(budget / views / weight / (width * height)) * 0.98
+    gradcam = f", Grad-CAM counted {weight} times (its activations and gradients)" if weight > 1 else ""
     return (
-        f"{what} ({width}x{height}) resized by {factor:.3g} with {views} test-time view(s) would fill {cost} "
+        f"{what} ({width}x{height}) resized by {factor:.3g} with {views} test-time view(s){gradcam} would cost {cost} "
         f"network-input pixels, above the limit of {budget} (MASENET_MAX_INPUT_PIXELS): ask for fewer pixels with "
-        f"pixel_scale={largest:.2f} or less, an imgsz, or tta=off"
+        f"pixel_scale={largest:.2f} or less, an imgsz, or tta=off" + (", or gradcam=false" if weight > 1 else "")
     )

@@ -57,7 +57,15 @@ class Settings(BaseSettings):
         12_000_000,
         ge=1024,
         description="413 when one frame would fill more network-input pixels than this once resized, test-time "
-        "views counted (a 1280x1024 frame at pixel scale 1.5 fills 2.95 million, four views 11.8 million)",
+        "views counted, Grad-CAM 11 times (a 1280x1024 frame at pixel scale 1.5 fills 2.95 million, four views 11.8 "
+        "million; about 205 bytes of worker memory per pixel, 2.4 GB at the limit)",
+    )
+    max_pass_pixels: int = Field(
+        48_000_000,
+        ge=1024,
+        description="a worker splits a forward pass so that its frames together cost at most this, counted as "
+        "MASENET_MAX_INPUT_PIXELS counts (about 10 GB of activations: sized for a 24 GB CPU host; an 80 GB GPU "
+        "can take 200 million)",
     )
     max_images_per_request: int = Field(32, ge=1, description="413 when a request carries more images")
 

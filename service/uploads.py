@@ -28,6 +28,8 @@ from service.errors import (
 )
 
 IMAGE_FIELD = "image"
+# A flat 6000x6000 JPEG is about 210 KB, 170 pixels per byte; eight times that is still no real frame.
+MAX_JPEG_PIXELS_PER_BYTE = 1400
 ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "TIFF": "TIFF", "BMP": "BMP"}
 
 
@@ -244,4 +246,25 @@ def inspect_image(data: bytes, name: str, max_pixels: int) -> ImageHeader:
             raise InvalidMedia(f"image {name!r} is corrupt: {exc}") from exc
         if frames > 1:
             raise InvalidMedia(f"image {name!r} has {frames} frames; send single still frames")
+        if kind == "JPEG":
+            check_jpeg_body(data, name, width, height)
         return ImageHeader(format=kind, width=width, height=height)
+
+
+def check_jpeg_body(data: bytes, name: str, width: int, height: int) -> None:
+    """Refuse a JPEG cut short (no end-of-image marker after its last scan) or one whose declared size its bytes
+    cannot hold; Pillow would decode either into a made-up full-size frame.
+
+    Inside entropy-coded data every 0xFF byte is stuffed, so FF D9 after the last start-of-scan (FF DA) can only
+    be the end of the main image (a thumbnail's markers all come before it).
+    """
+    if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        raise InvalidMedia(
+            f"image {name!r} could not be read: the JPEG is truncated (its image data ends without an end marker); "
+            "send the whole file"
+        )
+    if width * height > len(data) * MAX_JPEG_PIXELS_PER_BYTE:
+        raise InvalidMedia(
+            f"image {name!r} could not be read: the JPEG declares {width}x{height} pixels but holds only "
+            f"{len(data)} bytes, fewer than any real frame of that size; send the whole file"
+        )

@@ -6,8 +6,9 @@ number of images they carry, so a request with several images counts for each of
 would overflow the batch is held back as `carry` and opens the next batch.
 
 `AdaptiveBatcher` sizes the batches of a video chunk by the time one pass takes. `group_positions` splits a
-batch into the groups that must run as separate forward passes (e.g. by input size), and `pair_outputs`
-checks that a step returned exactly one output per input.
+batch into the groups that must run as separate forward passes (e.g. by input size), `split_by_cost` cuts a
+group into passes that fit a memory budget, and `pair_outputs` checks that a step returned exactly one output
+per input.
 """
 
 from __future__ import annotations
@@ -90,6 +91,21 @@ def group_positions(items: Sequence[Item], key: Callable[[Item], Key]) -> dict[K
     for position, item in enumerate(items):
         groups.setdefault(key(item), []).append(position)
     return groups
+
+
+def split_by_cost(items: Sequence[Item], cost: Callable[[Item], int], budget: int) -> list[list[Item]]:
+    """Consecutive runs of `items` whose costs add up to at most `budget` (an item over it alone forms a run)."""
+    runs: list[list[Item]] = []
+    total = 0
+    for item in items:
+        weight = cost(item)
+        if runs and total + weight <= budget:
+            runs[-1].append(item)
+            total += weight
+        else:
+            runs.append([item])
+            total = weight
+    return runs
 
 
 def pair_outputs(inputs: Sequence[Item], outputs: Sequence[Output], step: str) -> list[tuple[Item, Output]]:

@@ -32,11 +32,12 @@ from jobs.contracts import (
     ImageJobResult,
     JobFailure,
     ModelInfo,
+    frame_cost,
     over_input_budget,
 )
 from jobs.settings import Settings
 from model.imaging import ImageDecodeError, decode_image, to_rgb8
-from worker.batching import group_positions, pair_outputs
+from worker.batching import group_positions, pair_outputs, split_by_cost
 from worker.metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
@@ -273,27 +274,39 @@ class InferenceRuntime:
         return over_input_budget(task.name, image.width, image.height, task.params, self.model_info, budget)
 
     def _predict_groups(self, items: list[_Ready], step: Any) -> dict[int, JobFailure]:
-        """Run `step` per resize rule and views; on a group failure retry its images alone. Failures by position."""
+        """Run `step` per resize rule and views, in passes of at most MASENET_MAX_PASS_PIXELS; on a pass failure
+        retry its images alone. Failures by position."""
         failures: dict[int, JobFailure] = {}
         for positions in group_positions(items, lambda item: self.group_key(item.task.params)).values():
             group = [items[position] for position in positions]
-            try:
-                step(group)
-                continue
-            except Exception as exc:
-                error = exc
-            if len(group) == 1:
-                logger.error("%s failed in the model", group[0].task.name, exc_info=error)
-                failures[group[0].position] = internal_failure(error)
-                continue
-            logger.warning("a batch of %d failed (%s); retrying its images one by one", len(group), error)
-            for item in group:
-                try:
-                    step([item])
-                except Exception as exc:
-                    logger.error("%s failed in the model", item.task.name, exc_info=exc)
-                    failures[item.position] = internal_failure(exc)
+            for part in split_by_cost(group, self._cost, self.settings.max_pass_pixels):
+                failures.update(self._run_pass(part, step))
         return failures
+
+    def _run_pass(self, group: list[_Ready], step: Any) -> dict[int, JobFailure]:
+        try:
+            step(group)
+            return {}
+        except Exception as exc:
+            error = exc
+        release_device_memory(error)
+        if len(group) == 1:
+            logger.error("%s failed in the model", group[0].task.name, exc_info=error)
+            return {group[0].position: internal_failure(error)}
+        logger.warning("a batch of %d failed (%s); retrying its images one by one", len(group), error)
+        failures = {}
+        for item in group:
+            try:
+                step([item])
+            except Exception as exc:
+                release_device_memory(exc)
+                logger.error("%s failed in the model", item.task.name, exc_info=exc)
+                failures[item.position] = internal_failure(exc)
+        return failures
+
+    def _cost(self, item: _Ready) -> int:
+        assert self.model_info is not None
+        return frame_cost(item.image.width, item.image.height, item.task.params, self.model_info)[0]
 
     def _detect_group(self, group: list[_Ready]) -> None:
         """Letterbox on the device, one forward, NMS with each image's own thresholds."""
@@ -359,7 +372,26 @@ class InferenceRuntime:
         self.metrics.stage.labels(stage=stage).observe(time.perf_counter() - since)
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """A device (CUDA) or host allocation that failed: the job's own pass was too large, not a broken worker."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc)
+
+
+def release_device_memory(exc: BaseException) -> None:
+    """After an out-of-memory error, hand the CUDA cache back so that the retries and the next batch fit."""
+    if out_of_memory(exc) and "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def internal_failure(exc: BaseException) -> JobFailure:
+    if out_of_memory(exc):
+        detail = (
+            f"out of memory running this image ({type(exc).__name__}); send a smaller frame, fewer views or no Grad-CAM"
+        )
+        return JobFailure(kind=FailureKind.INTERNAL, detail=detail)
     return JobFailure(kind=FailureKind.INTERNAL, detail=f"{type(exc).__name__}: {exc}")
 
 

@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["video jobs"])
 
 JOB_TIMEOUT_S = 3600
+MIN_VIDEO_SIDE = 16
 
 VIDEO_BODY = {
     "requestBody": {
@@ -92,6 +93,11 @@ def video_store(connection: Any, settings: Settings) -> VideoJobStore:
 
 def check_limits(info: VideoInfo, settings: Settings) -> None:
     """Duration and resolution limits, with the numbers and the setting to change in the message."""
+    if min(info.width, info.height) < MIN_VIDEO_SIDE:
+        raise InvalidMedia(
+            f"the video is {info.width}x{info.height}; frames need at least {MIN_VIDEO_SIDE} pixels on each side "
+            "for detection and the annotated MP4"
+        )
     if info.duration_s > settings.max_video_seconds:
         raise UploadTooLarge(
             f"the video is {info.duration_s:.1f} s long, above the limit of {settings.max_video_seconds:g} s "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.contracts import DetectParams, ModelInfo, frame_cost, input_pixels, over_input_budget
+from jobs.contracts import GRADCAM_COST, DetectParams, ModelInfo, frame_cost, input_pixels, over_input_budget
 
 SHIPPED = ModelInfo(imgsz=960, pixel_scale=1.5, tta="off")
 OLDER = ModelInfo(imgsz=960, pixel_scale=None, tta="flips")
@@ -56,3 +56,13 @@ def test_broker_reads_the_served_model_at_most_once_per_ttl(monkeypatch: pytest.
     assert asyncio.run(broker.served_model()) == SHIPPED and len(reads) == 1  # cached
     clock[0] += queueing.SERVED_MODEL_TTL_S
     assert asyncio.run(broker.served_model()) == SHIPPED and len(reads) == 2  # read again after the TTL
+
+
+def test_gradcam_is_counted_at_its_memory_cost() -> None:
+    plain = frame_cost(320, 256, DetectParams(), SHIPPED)[0]
+    assert frame_cost(320, 256, DetectParams(gradcam=True), SHIPPED)[0] == GRADCAM_COST * plain
+    # A 1x1 frame blown up to the largest imgsz with Grad-CAM: 2016 x 2016 x 11 = 44.7 million, refused.
+    tiny = DetectParams(imgsz=2016, gradcam=True)
+    problem = over_input_budget("image 'dot.png'", 1, 1, tiny, SHIPPED, 12_000_000)
+    assert "Grad-CAM counted 11 times" in problem and "gradcam=false" in problem
+    assert over_input_budget("image 'dot.png'", 1, 1, DetectParams(imgsz=2016), SHIPPED, 12_000_000) == ""

@@ -87,3 +87,12 @@ def good_png() -> bytes:
 
 def good_jpeg() -> bytes:
     return encode(noise_frame().convert("RGB"), "JPEG", quality=90)
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A complete 8x8 JPEG (about 330 bytes) whose frame header claims width x height."""
+    data = bytearray(encode(Image.new("L", (8, 8), 10), "JPEG"))
+    start = data.find(b"\xff\xc0")  # baseline start-of-frame: length, precision, then height and width
+    data[start + 5 : start + 7] = height.to_bytes(2, "big")
+    data[start + 7 : start + 9] = width.to_bytes(2, "big")
+    return bytes(data)

@@ -26,6 +26,7 @@ from tests.reliability.media import (
     float_tiff,
     good_jpeg,
     good_png,
+    jpeg_declaring,
     noise_frame,
     png_cut_mid_idat,
     png_rows_missing,
@@ -57,6 +58,8 @@ def hostile_cases() -> list[HostileCase]:
             "png-rows-missing", png_rows_missing(), 422, ("could not be read", "truncated", "rows are missing")
         ),
         HostileCase("truncated-jpeg", jpeg[: len(jpeg) // 2], 422, ("could not be read", "truncated"), "image/jpeg"),
+        HostileCase("jpeg-cut-at-the-end", jpeg[:-2], 422, ("could not be read", "truncated"), "image/jpeg"),
+        HostileCase("jpeg-claims-1500x1500", jpeg_declaring(1500, 1500), 422, ("declares 1500x1500",), "image/jpeg"),
         HostileCase("bomb-above-cap", declared_size_png(4000, 4000), 413, ("MASENET_MAX_PIXELS",)),
         HostileCase("bomb-huge", declared_size_png(60_000, 60_000), 413, ("too large to decode safely",)),
         HostileCase("zeros-below-cap", encode(Image.new("L", (1900, 1900)), "PNG"), 200),
@@ -149,3 +152,19 @@ def test_file_name_in_utf8_is_accepted_and_returned(served) -> None:
     response = post_image(client, name, good_png(), "image/png")
     assert response.status_code == 200, response.text
     assert response.json()["results"][0]["filename"] == name
+
+
+def test_a_tiny_frame_blown_up_with_gradcam_is_refused_before_it_is_queued(served) -> None:
+    """A 70-byte 1x1 PNG at imgsz=2016 with Grad-CAM once took a worker to 23 GB; its cost (2016 x 2016 input
+    pixels, Grad-CAM counted 11 times) is now refused by the API, and the worker never sees it."""
+    client, worker = served
+    dot = encode(Image.new("L", (1, 1), 200), "PNG")
+    response = client.post(
+        "/detect", params={"imgsz": 2016, "gradcam": "true"}, files=[("image", ("dot.png", dot, "image/png"))]
+    )
+    assert response.status_code == 413, response.text
+    detail = response.json()["detail"]
+    assert "MASENET_MAX_INPUT_PIXELS" in detail and "Grad-CAM" in detail and "gradcam=false" in detail
+    plain = client.post("/detect", params={"imgsz": 2016}, files=[("image", ("dot.png", dot, "image/png"))])
+    assert plain.status_code == 200, plain.text  # without Grad-CAM the same frame fits
+    assert worker.process.poll() is None

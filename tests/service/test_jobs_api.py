@@ -115,7 +115,9 @@ def poll(client: TestClient, job_id: str, until: set[str], timeout_s: float = 24
     raise AssertionError(f"job {job_id} did not reach {until}: last {seen[-1]}")
 
 
-def test_job_runs_to_a_result_with_rising_progress_split_over_two_workers(client: TestClient, videos, workers) -> None:
+def test_job_runs_to_a_result_with_rising_progress_split_over_two_workers(
+    client: TestClient, videos, workers, module_redis
+) -> None:
     response = submit(client, videos["short"], conf=0.001, max_det=3, annotate=True, frame_stride=1)
     assert response.status_code == 202, response.text
     body = response.json()
@@ -155,6 +157,7 @@ def test_job_runs_to_a_result_with_rising_progress_split_over_two_workers(client
     path.write_bytes(video.content)
     assert probe_video(path).frames == 96
 
+    assert_every_key_expires(module_redis, job_id)
     metrics = client.get("/metrics").text
     assert metric_value(metrics, 'masenet_video_jobs_total{status="accepted"}') >= 1
     assert metric_value(metrics, 'masenet_video_jobs_total{status="finished"}') == 1
@@ -186,6 +189,19 @@ def test_cancel_stops_work_and_frees_storage(client: TestClient, settings: Setti
     assert client.get(f"/jobs/{job_id}/result").status_code == 409
     assert not (Path(settings.storage) / job_id).exists(), "a late chunk must not recreate the job folder"
     assert client.delete("/jobs/" + uuid.uuid4().hex).status_code == 404
+    assert_every_key_expires(module_redis, job_id)
+
+
+def assert_every_key_expires(connection: redis.Redis, job_id: str) -> None:
+    """No Redis key of an ended job (its state, rq jobs, dependents and dependencies) lives forever."""
+    keys = {key.decode(): connection.ttl(key) for key in connection.scan_iter(f"*{job_id}*")}
+    assert keys and all(ttl > 0 for ttl in keys.values()), keys
+
+
+def test_a_video_too_small_to_annotate_is_refused_at_upload(client: TestClient, tmp_path: Path) -> None:
+    tiny = write_test_video(tmp_path / "tiny.mp4", frames=4, width=2, height=2, targets=())
+    response = submit(client, tiny, annotate=True)
+    assert response.status_code == 422 and "at least 16 pixels" in response.json()["detail"], response.text
 
 
 @pytest.mark.parametrize("kind", ["text", "truncated", "empty"])

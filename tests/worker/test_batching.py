@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from worker.batching import AdaptiveBatcher, collect_batch, group_positions, pair_outputs
+from worker.batching import AdaptiveBatcher, collect_batch, group_positions, pair_outputs, split_by_cost
 
 
 def filled(*items: object) -> queue.Queue:
@@ -115,3 +115,10 @@ def test_adaptive_batches_stay_near_the_time_target() -> None:
     assert slow.size == 2
     slow.observe(images=2, seconds=1.0)  # it got slower: single images
     assert slow.size == 1
+
+
+def test_passes_are_cut_to_fit_the_memory_budget() -> None:
+    costs = {"a": 4, "b": 4, "c": 3, "d": 9, "e": 1}
+    assert split_by_cost(list("abcde"), costs.__getitem__, 8) == [["a", "b"], ["c"], ["d"], ["e"]]
+    assert split_by_cost(list("abcde"), costs.__getitem__, 100) == [list("abcde")]
+    assert split_by_cost([], costs.__getitem__, 8) == []

@@ -209,3 +209,37 @@ def test_decode_reads_the_bytes_and_keeps_them_for_a_retry(
     redis_client.delete("runtime-test:data:x")
     with pytest.raises(RuntimeError, match="expired"):
         runtime.decode(payload)
+
+
+def test_a_pass_is_split_to_fit_the_memory_budget_and_an_oom_fails_only_its_image(
+    tiny_checkpoint: Path, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MASENET_MAX_PASS_PIXELS of two 64x64 frames: four frames run as two passes. A pass that runs out of
+    memory is retried image by image, and only the image that still does not fit fails, saying why."""
+    settings = Settings(weights=tiny_checkpoint, device="cpu", imgsz=64, max_pass_pixels=2 * 64 * 64, queue_prefix="t")
+    small = InferenceRuntime(settings, redis_client, WorkerMetrics(), worker_name="in-process")
+    small.load()
+    tasks = [make_task(small, redis_client, index, frame(64, 64, seed=index)) for index in range(4)]
+    sizes: list[int] = []
+    infer = small.detector.infer
+
+    def recording(batch, tta=None):
+        sizes.append(int(batch.shape[0]))
+        if len(sizes) <= 2:  # the pass of two, then the first image alone
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return infer(batch, tta)
+
+    def counting(batch, tta=None):
+        sizes.append(int(batch.shape[0]))
+        return infer(batch, tta)
+
+    monkeypatch.setattr(small.detector, "infer", counting)
+    assert all(outcome.result is not None for outcome in small.run(tasks))
+    assert sizes == [2, 2]
+    sizes.clear()
+    monkeypatch.setattr(small.detector, "infer", recording)
+    outcomes = small.run([make_task(small, redis_client, index, frame(64, 64, seed=index)) for index in range(2)])
+    assert sizes == [2, 1, 1]  # the pass, then each image alone
+    failed = [outcome.failure for outcome in outcomes if outcome.failure is not None]
+    assert len(failed) == 1 and "out of memory" in failed[0].detail and "smaller frame" in failed[0].detail
+    assert sum(outcome.result is not None for outcome in outcomes) == 1
