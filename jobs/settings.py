@@ -69,6 +69,18 @@ class Settings(BaseSettings):
     )
     max_images_per_request: int = Field(32, ge=1, description="413 when a request carries more images")
 
+    idle_timeout_s: float = Field(30.0, gt=0, description="the API closes a connection that sends nothing this long")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="the API closes a connection whose request headers take longer"
+    )
+    body_grace_s: float = Field(10.0, ge=0, description="a request body may start slowly for this long ...")
+    body_min_rate: int = Field(
+        1024, ge=1, description="... then must average at least this many bytes/s, or the connection is closed (499)"
+    )
+
+    drain_s: float = Field(5.0, ge=0, description="on SIGTERM the API answers /readyz 503 this long before it stops")
+    shutdown_grace_s: float = Field(20.0, ge=0, description="then in-flight requests get this long to finish")
+
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="comma-separated bearer keys; empty turns authentication off"
     )

@@ -14,9 +14,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from jobs.settings import Settings, get_settings
-from service.errors import ServiceError
+from service.errors import ClientGone, ServiceError
 from service.metrics import ApiMetrics, HttpMetricsMiddleware
 from service.queueing import JobBroker
 from service.routes import detect, health, jobs, metrics, models
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.add_exception_handler(ServiceError, _service_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect_handler)
     app.add_exception_handler(Exception, _unexpected_error_handler)
     app.add_middleware(HttpMetricsMiddleware, metrics=api_metrics)
     return app
@@ -66,7 +68,13 @@ async def _service_error_handler(request: Request, exc: Exception) -> JSONRespon
         metrics.reject(exc.reason)
     if exc.status_code >= 500:
         logger.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.detail)
+    elif isinstance(exc, ClientGone):
+        logger.info("%s %s -> 499: %s", request.method, request.url.path, exc.detail)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _client_disconnect_handler(request: Request, exc: Exception) -> JSONResponse:
+    return await _service_error_handler(request, ClientGone("the client closed the connection during its upload"))
 
 
 async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -104,3 +104,14 @@ class JobNotReady(ServiceError):
 
     status_code = 409
     reason = "params"
+
+
+class ClientGone(ServiceError):
+    """The client closed the connection before its answer: it cut off its upload, or left while it waited.
+
+    Answered (to nobody) with 499, the status nginx made the convention for it, so it counts as a client
+    outcome in the metrics and logs, never as a server error.
+    """
+
+    status_code = 499
+    reason = "client_gone"

@@ -34,6 +34,7 @@ REJECT_REASONS = (
     "timeout",
     "worker_error",
     "unavailable",
+    "client_gone",
 )
 VIDEO_JOB_STATUSES = ("accepted", "finished", "failed", "canceled")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -122,6 +123,11 @@ class ApiMetrics:
         )
         for reason in REJECT_REASONS:
             self.rejected.labels(reason=reason)
+        self.abandoned_images = Counter(
+            "masenet_abandoned_images",
+            "Queued images canceled because their client left before the answer",
+            registry=self.registry,
+        )
         self.registry.register(RedisStateCollector(settings))
 
     def reject(self, reason: str) -> None:

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import BinaryIO
 
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from jobs.store import JobStorage
 from jobs.video import VideoInfo
@@ -181,7 +182,7 @@ class VideoUploadReader:
             self._parser.finalize()
         except UploadTooLargeError as exc:
             raise UploadTooLarge(f"{exc} (MASENET_MAX_VIDEO_BYTES): send a shorter or smaller video") from exc
-        except ServiceError:
+        except (ServiceError, ClientDisconnect):
             raise
         except Exception as exc:
             raise InvalidParameters(f"malformed multipart body: {exc}") from exc

@@ -76,17 +76,11 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from jobs.settings import get_settings
+    from service.server import serve
 
     level = logging.getLogger().getEffectiveLevel()
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        log_level=logging.getLevelName(level).lower(),
-        access_log=level <= logging.INFO,
-    )
+    serve(get_settings(), args.host, args.port, logging.getLevelName(level).lower(), access_log=level <= logging.INFO)
     return 0
 
 

@@ -91,6 +91,9 @@ class WorkerMetrics:
             "masenet_video_frames_processed", "Video frames run through the model", registry=self.registry
         )
         self.failures = Counter("masenet_job_failures", "Failed jobs by reason", ["reason"], registry=self.registry)
+        self.skipped = Counter(
+            "masenet_skipped_jobs", "Image jobs skipped because their client left", registry=self.registry
+        )
         self.model_load = Gauge("masenet_model_load_seconds", "Time to load the model", registry=self.registry)
         self.up = Gauge("masenet_worker_up", "1 when the model is loaded and jobs are taken", registry=self.registry)
         self.model_info = Gauge(

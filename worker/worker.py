@@ -22,6 +22,7 @@ Usable as `rq worker -w worker.worker.BatchingWorker <prefix>:images <prefix>:vi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -36,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
@@ -382,6 +383,7 @@ class BatchingWorker(SimpleWorker):
 
     def _process(self, tasks: list[ImageTask]) -> None:
         """Start the jobs in rq, run the batch, record the outcomes (both recordings on the completer)."""
+        tasks = self._still_wanted(tasks)
         if not tasks:
             return
         self._submit_completion(self._start_jobs, tasks)
@@ -389,6 +391,29 @@ class BatchingWorker(SimpleWorker):
         outcomes = self.runtime.run(tasks)
         logger.debug("worker %s: batch of %d in %.1f ms", self.name, len(tasks), (time.perf_counter() - started) * 1e3)
         self._submit_completion(self._finish_jobs, tasks, outcomes)
+
+    def _still_wanted(self, tasks: list[ImageTask]) -> list[ImageTask]:
+        """The tasks whose request still waits: the API deletes the image bytes of a request whose client left
+        (or that timed out), and such jobs are skipped, not computed for nobody."""
+        try:
+            with self.connection.pipeline(transaction=False) as pipeline:
+                for task in tasks:
+                    pipeline.exists(task.payload.data_key)
+                wanted = pipeline.execute()
+        except redis.RedisError as exc:
+            logger.warning("worker %s: cannot check for canceled jobs: %s", self.name, exc)
+            return tasks
+        skipped = [task for task, exists in zip(tasks, wanted, strict=True) if not exists]
+        if skipped:
+            self.metrics.skipped.inc(len(skipped))
+            self._submit_completion(self._record_canceled, skipped)
+            logger.info("worker %s: skipped %d image job(s) whose client left", self.name, len(skipped))
+        return [task for task, exists in zip(tasks, wanted, strict=True) if exists]
+
+    def _record_canceled(self, tasks: list[ImageTask]) -> None:
+        for task in tasks:
+            with contextlib.suppress(InvalidJobOperation, NoSuchJobError):
+                task.job.cancel()
 
     def _maybe_heartbeat(self) -> None:
         if time.monotonic() - self._last_rq_heartbeat > RQ_HEARTBEAT_S:

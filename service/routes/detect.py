@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, TypeVar
 
@@ -12,7 +13,15 @@ from starlette.concurrency import run_in_threadpool
 from jobs.contracts import DetectParams, FailureKind, InferenceParams, ModelInfo, ReplyMessage, over_input_budget
 from jobs.settings import Settings
 from service.deps import AuthDep, BrokerDep, MetricsDep, SettingsDep
-from service.errors import InvalidMedia, InvalidParameters, PixelLimitExceeded, ResultTimeout, WorkerFailure
+from service.errors import (
+    ClientGone,
+    InvalidMedia,
+    InvalidParameters,
+    PixelLimitExceeded,
+    ResultTimeout,
+    WorkerFailure,
+)
+from service.metrics import ApiMetrics, safely
 from service.queueing import ImageUpload, JobBroker, Submission, unavailable
 from service.schemas import ERROR_RESPONSES, DetectResponse, ImageResult, Timing
 from service.uploads import (
@@ -79,7 +88,7 @@ async def detect(
         await check_input_budget(images, params, broker, settings)
         await broker.check_capacity(len(images))
         submission = await run_in_threadpool(broker.enqueue, images, params)
-        replies = await broker.wait(submission)
+        replies = await wait_unless_gone(request, broker, submission, metrics)
     except redis.RedisError as exc:
         raise unavailable(settings, exc) from exc
     if len(replies) < len(images):
@@ -93,6 +102,33 @@ async def detect(
             "check that workers are running (GET /readyz) and retry"
         )
     return build_response(images, submission, replies, started)
+
+
+async def client_gone(request: Request) -> None:
+    """Returns once the client has closed the connection (its body is read, so the next message is that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        continue
+
+
+async def wait_unless_gone(
+    request: Request, broker: JobBroker, submission: Submission, metrics: ApiMetrics
+) -> dict[int, ReplyMessage]:
+    """The workers' replies; if the client leaves first, its queued images are canceled (workers skip them)."""
+    waiting = asyncio.ensure_future(broker.wait(submission))
+    leaving = asyncio.ensure_future(client_gone(request))
+    try:
+        await asyncio.wait({waiting, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        leaving.cancel()
+    if waiting.done():
+        return waiting.result()
+    waiting.cancel()
+    canceled = await run_in_threadpool(broker.cancel, submission, set())
+    safely(lambda: metrics.abandoned_images.inc(len(canceled)))
+    raise ClientGone(
+        f"the client left before its {len(submission.job_ids)} image(s) were answered; {len(canceled)} still queued "
+        "were canceled"
+    )
 
 
 def resolve_size(settings: Settings, params: ParamsT) -> ParamsT:

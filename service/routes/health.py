@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import redis
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from jobs.contracts import WorkerStatus
@@ -22,10 +22,13 @@ async def healthz() -> HealthResponse:
 @router.get(
     "/readyz",
     response_model=ReadyResponse,
-    responses={503: {"model": ErrorResponse, "description": "Redis unreachable or no worker with a loaded model"}},
+    responses={503: {"model": ErrorResponse, "description": "Redis unreachable, no worker ready, or shutting down"}},
     summary="Redis answers and at least one worker has its model loaded",
 )
-async def readyz(settings: SettingsDep, broker: BrokerDep) -> ReadyResponse | JSONResponse:
+async def readyz(request: Request, settings: SettingsDep, broker: BrokerDep) -> ReadyResponse | JSONResponse:
+    if getattr(request.app.state, "draining", False):
+        detail = "the API is shutting down (SIGTERM): send new requests to another instance"
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "5"})
     try:
         await broker.ping()
         states = await broker.workers()
