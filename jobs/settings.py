@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     drain_s: float = Field(5.0, ge=0, description="on SIGTERM the API answers /readyz 503 this long before it stops")
     shutdown_grace_s: float = Field(20.0, ge=0, description="then in-flight requests get this long to finish")
 
+    key_requests_per_minute: int = Field(
+        600, ge=1, description="with API keys on: 429 when one key sends more requests than this in a minute"
+    )
+    key_max_images_in_flight: int = Field(
+        256, ge=1, description="with API keys on: 429 when one key would have more images queued or running"
+    )
+
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="comma-separated bearer keys; empty turns authentication off"
     )

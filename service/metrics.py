@@ -35,6 +35,7 @@ REJECT_REASONS = (
     "worker_error",
     "unavailable",
     "client_gone",
+    "rate_limit",
 )
 VIDEO_JOB_STATUSES = ("accepted", "finished", "failed", "canceled")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

@@ -57,6 +57,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
         413: "upload, image count or pixel count above the limits",
         415: "not multipart/form-data, or an image format other than PNG, JPEG, TIFF, BMP",
         422: "out-of-range parameter, or an empty, multi-frame or corrupt image",
+        429: "this API key is past its requests per minute or images in flight (see Retry-After)",
         500: "a worker failed on a job (the detail names the job id)",
         503: "queue full or Redis unreachable (see Retry-After)",
         504: "no result within MASENET_TIMEOUT_S",

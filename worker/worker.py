@@ -22,27 +22,21 @@ Usable as `rq worker -w worker.worker.BatchingWorker <prefix>:images <prefix>:vi
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import os
 import queue
 import signal
 import socket
 import threading
 import time
-import traceback
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
-from rq.timeouts import JobTimeoutException
-from rq.utils import now
 from rq.worker import SimpleWorker
 from rq.worker import WorkerStatus as RqWorkerStatus
 
@@ -53,18 +47,18 @@ from jobs.contracts import (
     JobFailure,
     JobKind,
     ModelInfo,
-    ReplyMessage,
     WorkerState,
     WorkerStatus,
 )
 from jobs.settings import Settings, get_settings
 from jobs.store import JobStorage, VideoJobStore
 from jobs.video import ChunkPayload, FinalizePayload
-from worker.batching import collect_batch, pair_outputs
+from worker.batching import collect_batch
+from worker.bookkeeping import JobHandler, RqBookkeeping
 from worker.metrics import WorkerMetrics
 from worker.presence import StatePublisher, outage_retry
 from worker.reaper import Reaper
-from worker.runtime import ImageTask, InferenceRuntime, Outcome, prefer_passive_cpu_threads
+from worker.runtime import ImageTask, InferenceRuntime, prefer_passive_cpu_threads
 from worker.video import VideoJobs
 
 logger = logging.getLogger(__name__)
@@ -74,8 +68,6 @@ FEED_POLL_S = 0.05  # feeder BLPOP timeout: how quickly it notices the end of a 
 RQ_HEARTBEAT_S = 10.0
 REDIS_OUTAGE_S = 60.0  # a worker's Redis calls retry through an outage this long (Redis restarted, failed over)
 DECODE_THREADS = 2
-
-JobHandler = Callable[[Job, Queue], None]
 
 
 def default_worker_name() -> str:
@@ -90,7 +82,7 @@ def job_kind(job: Job) -> str:
     return str(job.func_name)
 
 
-class BatchingWorker(SimpleWorker):
+class BatchingWorker(RqBookkeeping, SimpleWorker):
     """rq worker that loads MASENet once and runs image jobs in dynamic batches."""
 
     def __init__(self, queues: Any, *args: Any, settings: Settings | None = None, **kwargs: Any) -> None:
@@ -203,36 +195,12 @@ class BatchingWorker(SimpleWorker):
             frames_processed=self.metrics.video_frames.inc,
         )
         video = self.video
-        self.job_handlers[JobKind.VIDEO_CHUNK.value] = self._in_place(
+        self.job_handlers[JobKind.VIDEO_CHUNK.value] = self.in_place(
             lambda payload: video.run_chunk(ChunkPayload.model_validate(payload))
         )
-        self.job_handlers[JobKind.VIDEO_FINALIZE.value] = self._in_place(
+        self.job_handlers[JobKind.VIDEO_FINALIZE.value] = self.in_place(
             lambda payload: video.finalize(FinalizePayload.model_validate(payload))
         )
-
-    def _in_place(self, work: Callable[[dict[str, Any]], Any]) -> JobHandler:
-        """A handler that runs `work(payload)` in this thread with rq's bookkeeping (registries, result, dependents)."""
-
-        def handle(job: Job, queue: Queue) -> None:
-            self.set_state(RqWorkerStatus.BUSY)
-            execution = self._start_job(job, from_rq_loop=True)
-            job.started_at = now()
-            try:
-                with self.death_penalty_class(job.timeout or queue.DEFAULT_TIMEOUT, JobTimeoutException, job_id=job.id):
-                    result = work((job.kwargs or {}).get("payload") or {})
-            except Exception:
-                job.ended_at = now()
-                job._status = JobStatus.FAILED
-                self.handle_job_failure(job=job, queue=queue, exc_string=traceback.format_exc(), execution=execution)
-                return
-            job.ended_at = now()
-            job._result = result
-            job._status = JobStatus.FINISHED
-            self.handle_job_success(
-                job=job, queue=queue, started_job_registry=queue.started_job_registry, execution=execution
-            )
-
-        return handle
 
     def _idle_until_stopped(self) -> None:
         stopped = threading.Event()
@@ -393,27 +361,22 @@ class BatchingWorker(SimpleWorker):
         self._submit_completion(self._finish_jobs, tasks, outcomes)
 
     def _still_wanted(self, tasks: list[ImageTask]) -> list[ImageTask]:
-        """The tasks whose request still waits: the API deletes the image bytes of a request whose client left
-        (or that timed out), and such jobs are skipped, not computed for nobody."""
+        """The tasks whose request still waits: the API cancels the jobs of a request whose client left (or that
+        timed out), and a canceled job is skipped here, not computed for nobody."""
         try:
             with self.connection.pipeline(transaction=False) as pipeline:
                 for task in tasks:
-                    pipeline.exists(task.payload.data_key)
-                wanted = pipeline.execute()
+                    pipeline.hget(task.job.key, "status")
+                statuses = pipeline.execute()
         except redis.RedisError as exc:
             logger.warning("worker %s: cannot check for canceled jobs: %s", self.name, exc)
             return tasks
-        skipped = [task for task, exists in zip(tasks, wanted, strict=True) if not exists]
+        canceled = [status in (b"canceled", "canceled") for status in statuses]
+        skipped = sum(canceled)
         if skipped:
-            self.metrics.skipped.inc(len(skipped))
-            self._submit_completion(self._record_canceled, skipped)
-            logger.info("worker %s: skipped %d image job(s) whose client left", self.name, len(skipped))
-        return [task for task, exists in zip(tasks, wanted, strict=True) if exists]
-
-    def _record_canceled(self, tasks: list[ImageTask]) -> None:
-        for task in tasks:
-            with contextlib.suppress(InvalidJobOperation, NoSuchJobError):
-                task.job.cancel()
+            self.metrics.skipped.inc(skipped)
+            logger.info("worker %s: skipped %d image job(s) whose client left", self.name, skipped)
+        return [task for task, gone in zip(tasks, canceled, strict=True) if not gone]
 
     def _maybe_heartbeat(self) -> None:
         if time.monotonic() - self._last_rq_heartbeat > RQ_HEARTBEAT_S:
@@ -422,82 +385,3 @@ class BatchingWorker(SimpleWorker):
                 self.heartbeat()
             except redis.RedisError as exc:
                 logger.warning("worker %s: heartbeat failed: %s", self.name, exc)
-
-    # rq bookkeeping (completer thread only)
-    def _submit_completion(self, function: Callable[..., None], *args: Any) -> None:
-        assert self._completer is not None
-        self._completer.submit(self._guarded, function, *args)
-
-    def _guarded(self, function: Callable[..., None], *args: Any) -> None:
-        try:
-            function(*args)
-        except Exception:
-            logger.exception("worker %s: recording job state failed", self.name)
-
-    def _start_jobs(self, tasks: list[ImageTask]) -> None:
-        for task in tasks:
-            self._start_job(task.job, from_rq_loop=task.from_rq_loop, task=task)
-
-    def _start_job(self, job: Job, from_rq_loop: bool, task: ImageTask | None = None) -> Any:
-        execution = self.prepare_execution(job)
-        self.prepare_job_execution(job, remove_from_intermediate_queue=from_rq_loop and len(self.queues) == 1)
-        if task is not None:
-            task.execution = execution
-        return execution
-
-    def _finish_jobs(self, tasks: list[ImageTask], outcomes: list[Outcome]) -> None:
-        for task, outcome in pair_outputs(tasks, outcomes, "run"):
-            try:
-                self._finish_job(task, outcome)
-            except Exception:
-                logger.exception("worker %s: could not record the outcome of job %s", self.name, task.job.id)
-            self._reply(task, outcome)
-
-    def _finish_job(self, task: ImageTask, outcome: Outcome) -> None:
-        job = task.job
-        if task.execution is None:
-            self._start_job(job, from_rq_loop=False, task=task)
-        job.ended_at = now()
-        if outcome.failure is None and outcome.result is not None:
-            job._result = outcome.result.model_dump(mode="json", exclude={"gradcam"}) | {
-                "gradcam": outcome.result.gradcam is not None
-            }
-            job._status = JobStatus.FINISHED
-            self.handle_job_success(
-                job=job,
-                queue=task.queue,
-                started_job_registry=task.queue.started_job_registry,
-                execution=task.execution,
-            )
-            return
-        failure = outcome.failure or JobFailure(kind=FailureKind.INTERNAL, detail="no result")
-        self.metrics.failures.labels(reason=failure.kind.value).inc()
-        job._status = JobStatus.FAILED
-        self.handle_job_failure(
-            job=job, queue=task.queue, exc_string=f"{failure.kind.value}: {failure.detail}", execution=task.execution
-        )
-
-    def _reply(self, task: ImageTask, outcome: Outcome) -> None:
-        payload = task.payload
-        message = ReplyMessage(
-            job_id=task.job.id,
-            index=payload.index,
-            result=outcome.result,
-            failure=outcome.failure,
-            model=self.runtime.model_info,
-        )
-        keep_s = max(1, math.ceil(payload.deadline - time.time()) + 60)
-        try:
-            with self.connection.pipeline(transaction=False) as pipeline:
-                pipeline.rpush(payload.reply_key, message.model_dump_json())
-                pipeline.expire(payload.reply_key, keep_s)
-                pipeline.delete(payload.data_key)  # answered: the image bytes are no longer needed
-                pipeline.execute()
-        except redis.RedisError:
-            logger.exception("worker %s: could not reply for job %s", self.name, task.job.id)
-
-    def _record_invalid(self, job: Job, source: Queue, detail: str) -> None:
-        execution = self._start_job(job, from_rq_loop=False)
-        job.ended_at = now()
-        self.metrics.failures.labels(reason=FailureKind.INTERNAL.value).inc()
-        self.handle_job_failure(job=job, queue=source, exc_string=f"internal: {detail}", execution=execution)

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from jobs.contracts import DetectParams, FailureKind, InferenceParams, ModelInfo, ReplyMessage, over_input_budget
 from jobs.settings import Settings
-from service.deps import AuthDep, BrokerDep, MetricsDep, SettingsDep
+from service.deps import BrokerDep, MetricsDep, QuotaDep, SettingsDep
 from service.errors import (
     ClientGone,
     InvalidMedia,
@@ -77,7 +77,7 @@ async def detect(
     settings: SettingsDep,
     broker: BrokerDep,
     metrics: MetricsDep,
-    _auth: AuthDep,
+    quota: QuotaDep,
     query: Annotated[DetectParams, Query()],
 ) -> DetectResponse:
     started = time.perf_counter()
@@ -86,9 +86,10 @@ async def detect(
     images = await run_in_threadpool(validate_images, uploads, settings)
     try:
         await check_input_budget(images, params, broker, settings)
-        await broker.check_capacity(len(images))
-        submission = await run_in_threadpool(broker.enqueue, images, params)
-        replies = await wait_unless_gone(request, broker, submission, metrics)
+        async with quota.images_in_flight(len(images)):
+            await broker.check_capacity(len(images))
+            submission = await run_in_threadpool(broker.enqueue, images, params)
+            replies = await wait_unless_gone(request, broker, submission, metrics)
     except redis.RedisError as exc:
         raise unavailable(settings, exc) from exc
     if len(replies) < len(images):

@@ -33,7 +33,7 @@ from jobs.video import (
     plan_chunks,
     processed_frame_count,
 )
-from service.deps import AuthDep, BrokerDep, MetricsDep, SettingsDep
+from service.deps import AuthDep, BrokerDep, MetricsDep, QuotaDep, SettingsDep
 from service.errors import InvalidMedia, JobNotFound, JobNotReady, PixelLimitExceeded, UnsupportedMedia, UploadTooLarge
 from service.queueing import JobBroker, unavailable
 from service.routes.detect import resolve_size
@@ -128,7 +128,7 @@ async def submit_job(
     settings: SettingsDep,
     broker: BrokerDep,
     metrics: MetricsDep,
-    _auth: AuthDep,
+    _quota: QuotaDep,
 ) -> JobAccepted:
     params = resolve_size(settings, query)
     boundary = multipart_boundary(request.headers.get("content-type"), VIDEO_FIELD, "the video")
