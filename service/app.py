@@ -13,8 +13,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from jobs.settings import Settings, get_settings
 from service.errors import ClientGone, ServiceError
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(ServiceError, _service_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(ClientDisconnect, _client_disconnect_handler)
+    app.add_exception_handler(405, _method_not_allowed_handler)
     app.add_exception_handler(Exception, _unexpected_error_handler)
     app.add_middleware(HttpMetricsMiddleware, metrics=api_metrics)
     return app
@@ -75,6 +77,26 @@ async def _service_error_handler(request: Request, exc: Exception) -> JSONRespon
 
 async def _client_disconnect_handler(request: Request, exc: Exception) -> JSONResponse:
     return await _service_error_handler(request, ClientGone("the client closed the connection during its upload"))
+
+
+def allowed_methods(routes: list[Any], scope: Any) -> set[str]:
+    """Every method some route serves at the scope's path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            methods |= allowed_methods(list(inner.routes), scope)
+        elif route.matches(scope)[0] != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return methods
+
+
+async def _method_not_allowed_handler(request: Request, exc: Exception) -> Response:
+    allow = ", ".join(sorted(allowed_methods(list(request.app.routes), request.scope) | {"OPTIONS"}))
+    if request.method == "OPTIONS":
+        return Response(status_code=204, headers={"Allow": allow})
+    detail = f"{request.method} is not served at {request.url.path}: use {allow}"
+    return JSONResponse({"detail": detail}, status_code=405, headers={"Allow": allow})
 
 
 async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:

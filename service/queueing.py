@@ -235,6 +235,7 @@ class JobBroker:
                 job = Job.fetch(job_id, connection=self.sync_redis, serializer=JSONSerializer)
                 if job.get_status() in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
                     job.cancel()
+                    self.sync_redis.expire(job.key, RESULT_TTL_S)  # a canceled job's record expires like a result
                     canceled.append(job_id)
             except (NoSuchJobError, InvalidJobOperation):
                 pass

@@ -110,3 +110,19 @@ def test_images_of_clients_that_left_are_not_computed(stack: tuple[ApiProcess, s
     text = metrics(api)
     assert metric_value(text, "masenet_abandoned_images_total") >= total - computed - 2 * 4
     assert 'status="500"' not in text
+    assert_nothing_lives_forever(redis_client, prefix, queue)
+
+
+def assert_nothing_lives_forever(connection: redis.Redis, prefix: str, queue: Queue) -> None:
+    """After every kind of image job ending (answered, canceled for a client that left), each job's keys expire;
+    only the queue's own structures (its list and registries) stay."""
+    ids = {*queue.finished_job_registry.get_job_ids(), *queue.failed_job_registry.get_job_ids()}
+    ids |= set(queue.canceled_job_registry.get_job_ids())
+    assert ids
+    forever = [
+        key.decode()
+        for key in connection.scan_iter("*")
+        if (prefix in key.decode() or any(job_id in key.decode() for job_id in ids)) and connection.ttl(key) == -1
+    ]
+    structural = ("rq:queue:", "rq:wip:", "rq:workers:", "rq:finished:", "rq:failed:", "rq:canceled:", "rq:deferred:")
+    assert [key for key in forever if not key.startswith(structural)] == []

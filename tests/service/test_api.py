@@ -12,6 +12,7 @@ import io
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -341,3 +342,13 @@ def test_jobs_are_recorded_through_rq(client: TestClient, redis_client: redis.Re
     assert failed_job.get_status() == "failed"
     assert failed_job.latest_result().exc_string.startswith("media:")
     assert redis_client.keys(f"{PREFIX}:data:*") == []  # image bytes are deleted once answered
+
+
+def test_allow_names_every_method_served_at_a_path(client: TestClient) -> None:
+    job_path = f"/jobs/{uuid.uuid4().hex}"
+    options = client.options(job_path)
+    assert options.status_code == 204 and options.headers["Allow"] == "DELETE, GET, OPTIONS"
+    wrong = client.put(job_path)
+    assert wrong.status_code == 405 and wrong.headers["Allow"] == "DELETE, GET, OPTIONS"
+    assert "use DELETE, GET, OPTIONS" in wrong.json()["detail"]
+    assert client.get("/detect").headers["Allow"] == "OPTIONS, POST"
