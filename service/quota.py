@@ -9,14 +9,20 @@ with `Retry-After`; a single request with more images than the in-flight limit c
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import redis
+
 from jobs.settings import Settings
 from service.errors import ServiceError, UploadTooLarge
+
+logger = logging.getLogger(__name__)
 
 
 class RateLimited(ServiceError):
@@ -59,7 +65,11 @@ class Quota:
 
     @asynccontextmanager
     async def images_in_flight(self, count: int) -> AsyncIterator[None]:
-        """Hold `count` images against MASENET_KEY_MAX_IMAGES_IN_FLIGHT while the request is served."""
+        """Hold `count` images against MASENET_KEY_MAX_IMAGES_IN_FLIGHT while the request is served.
+
+        Each request is one member of a sorted set scored by its deadline, so what a crashed API process held
+        expires on its own, whatever the key keeps sending.
+        """
         if self.key is None:
             yield
             return
@@ -69,18 +79,35 @@ class Quota:
                 f"the request has {count} images, more than this API key may have in flight ({limit}, "
                 "MASENET_KEY_MAX_IMAGES_IN_FLIGHT): send them in smaller requests"
             )
-        key = f"{self.key}:in-flight"
-        async with self.connection.pipeline(transaction=True) as pipeline:
-            pipeline.incrby(key, count)
-            pipeline.expire(key, math.ceil(self.settings.timeout_s) + 60)  # a crashed API cannot leak the count
-            held, _ = await pipeline.execute()
+        key, member = f"{self.key}:in-flight", f"{uuid.uuid4().hex}:{count}"
+        now = time.time()
+        deadline = now + self.settings.timeout_s + 60
+        held = int(await self.connection.eval(_HOLD_SCRIPT, 1, key, now, deadline, member, count, limit))
+        if held >= 0:
+            raise RateLimited(
+                f"this API key has {held} images in flight; with these {count} it would pass its limit of {limit} "
+                "(MASENET_KEY_MAX_IMAGES_IN_FLIGHT): wait for answers, then retry",
+                headers={"Retry-After": "1"},
+            )
         try:
-            if held > limit:
-                raise RateLimited(
-                    f"this API key has {held - count} images in flight; with these {count} it would pass its limit "
-                    f"of {limit} (MASENET_KEY_MAX_IMAGES_IN_FLIGHT): wait for answers, then retry",
-                    headers={"Retry-After": "1"},
-                )
             yield
         finally:
-            await self.connection.decrby(key, count)
+            try:
+                await self.connection.zrem(key, member)
+            except redis.RedisError as exc:  # the entry expires at its deadline anyway
+                logger.warning("could not release %d images in flight: %s", count, exc)
+
+
+# Drop expired holds, add this one if it fits. KEYS[1] = the key's sorted set; ARGV = now, deadline, member,
+# count, limit. Returns -1 when held (the request may go on), else the images already in flight.
+_HOLD_SCRIPT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local held = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  held = held + tonumber(string.match(member, ':(%d+)$'))
+end
+if held + tonumber(ARGV[4]) > tonumber(ARGV[5]) then return held end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[2])))
+return -1
+"""

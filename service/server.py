@@ -51,6 +51,7 @@ class GuardedH11Protocol(H11Protocol):
         self._request_at: float | None = None  # first byte of the request being read
         self._body_at: float | None = None  # end of its headers
         self._body_bytes = 0
+        self._body_elapsed = 0.0
         self._tick = self.loop.call_later(TICK_S, self._check)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -67,11 +68,13 @@ class GuardedH11Protocol(H11Protocol):
         super().data_received(data)
         state = self.conn.their_state
         if state is h11.SEND_BODY and self._body_at is None:
-            self._body_at, self._body_bytes = now, 0
+            self._body_at, self._body_bytes, self._body_elapsed = now, 0, 0.0
         elif state is not h11.SEND_BODY and state is not h11.IDLE:
             self._request_at = self._body_at = None  # read in full: no deadline while the app answers
 
     def _check(self) -> None:
+        if self.transport.is_closing() or self.transport.get_protocol() is not self:
+            return  # closed, or handed over to another protocol
         now = self.loop.time()
         reason = self._overdue(now)
         if reason:
@@ -82,8 +85,13 @@ class GuardedH11Protocol(H11Protocol):
 
     def _overdue(self, now: float) -> str:
         state = self.conn.their_state
-        if state is h11.SEND_BODY and self._body_at is not None:
-            elapsed = now - self._body_at
+        if state is h11.SEND_BODY:
+            if self._body_at is None or self.flow.read_paused:
+                # A body that started in a pipelined read, or one the app is not reading yet (uvicorn paused the
+                # socket): the clock starts, or stands still, here. Only the client's own slowness counts.
+                self._body_at = now - (0.0 if self._body_at is None else self._body_elapsed)
+                return ""
+            self._body_elapsed = elapsed = now - self._body_at
             if elapsed > self.body_grace_s and self._body_bytes < self.body_min_rate * elapsed:
                 return f"its body came at {self._body_bytes / elapsed:.0f} B/s, under {self.body_min_rate:g} B/s"
             return ""
@@ -151,6 +159,7 @@ def serve(settings: Settings, host: str, port: int, log_level: str, access_log: 
         log_level=log_level,
         access_log=access_log,
         http=guarded(settings),
+        ws="none",  # the API serves no WebSockets
         timeout_keep_alive=max(1, round(settings.idle_timeout_s)),
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
     )

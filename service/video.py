@@ -91,15 +91,6 @@ def _count_packets(path: str | Path) -> int:
         return sum(1 for packet in container.demux(stream) if packet.size > 0)
 
 
-def _count_packets(path: str | Path) -> int:
-    """Frame count for containers that do not store one: demux (no decoding) and count video packets."""
-    import av
-
-    with av.open(str(path), mode="r") as container:
-        stream = container.streams.video[0]
-        return sum(1 for packet in container.demux(stream) if packet.size > 0)
-
-
 def safe_suffix(filename: str | None) -> str:
     """A known video file extension taken from the client's file name, or '' (FFmpeg probes the content)."""
     suffix = Path(filename or "").suffix.lower()

@@ -44,22 +44,28 @@ class RqBookkeeping:
 
         def handle(job: Job, queue: Queue) -> None:
             self.set_state(RqWorkerStatus.BUSY)
-            execution = self._start_job(job, from_rq_loop=True)
-            job.started_at = now()
+            execution = None
             try:
+                execution = self._start_job(job, from_rq_loop=True)
+                job.started_at = now()
                 with self.death_penalty_class(job.timeout or queue.DEFAULT_TIMEOUT, JobTimeoutException, job_id=job.id):
                     result = work((job.kwargs or {}).get("payload") or {})
+                job.ended_at = now()
+                job._result = result
+                job._status = JobStatus.FINISHED
+                self.handle_job_success(
+                    job=job, queue=queue, started_job_registry=queue.started_job_registry, execution=execution
+                )
             except Exception:
+                logger.exception("worker %s: job %s (%s) failed", self.name, job.id, job.description)
                 job.ended_at = now()
                 job._status = JobStatus.FAILED
-                self.handle_job_failure(job=job, queue=queue, exc_string=traceback.format_exc(), execution=execution)
-                return
-            job.ended_at = now()
-            job._result = result
-            job._status = JobStatus.FINISHED
-            self.handle_job_success(
-                job=job, queue=queue, started_job_registry=queue.started_job_registry, execution=execution
-            )
+                try:
+                    self.handle_job_failure(
+                        job=job, queue=queue, exc_string=traceback.format_exc(), execution=execution
+                    )
+                except Exception:  # Redis gone for longer than the retries: the reaper recovers the job
+                    logger.exception("worker %s: could not record the failure of job %s", self.name, job.id)
 
         return handle
 

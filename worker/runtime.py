@@ -116,26 +116,24 @@ class ImageTask:
 
 @dataclass
 class FrameTask:
-    """One frame of a video chunk in the same batching path as image jobs."""
+    """One frame of a video chunk in the same batching path as image jobs.
+
+    The chunk's reader thread only decodes (`image`); the batching thread copies the frame to the device
+    (`decoded`) right before its pass, so torch runs in one thread per chunk.
+    """
 
     index: int  # position in the source video
     time_s: float
     params: DetectParams
-    decoded: Future[DecodedImage]
+    image: np.ndarray  # (H, W, 3) uint8 RGB
     picked_at: float
     enqueued_at: float
+    decoded: Future[DecodedImage] = field(default_factory=Future)
     failure: JobFailure | None = None
 
     @property
     def name(self) -> str:
         return f"frame {self.index}"
-
-
-def resolved(value: DecodedImage) -> Future[DecodedImage]:
-    """A future that already holds `value` (a frame decoded by its chunk's own reader)."""
-    future: Future[DecodedImage] = Future()
-    future.set_result(value)
-    return future
 
 
 @dataclass

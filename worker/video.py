@@ -1,9 +1,9 @@
 """The video handlers of a worker: chunks through the same batching path as images, then finalize.
 
 A chunk decodes source frames [start, stop) of the stored upload in a reader thread (seek to the keyframe
-before `start`, decode forward, keep every `frame_stride`-th frame, copy each to the device). The worker's
-thread collects them with `collect_batch` (views counted, sized by `AdaptiveBatcher` so that one pass stays
-short) and runs them through `InferenceRuntime.run`, the step image jobs use, with the same stage metrics.
+before `start`, decode forward, keep every `frame_stride`-th frame). The worker's thread collects them with
+`collect_batch` (views counted, sized by `AdaptiveBatcher` so that one pass stays short), copies them to the
+device and runs them through `InferenceRuntime.run`, the step image jobs use, with the same stage metrics.
 After every batch it counts progress, stops if the job was canceled, and lets the worker serve the image
 jobs that arrived meanwhile. The chunk's `ChunkResult` is written to storage.
 
@@ -41,11 +41,12 @@ from model.tracking import TrackerConfig, track_sequence
 from worker.batching import AdaptiveBatcher, collect_batch, pair_outputs
 from worker.frames import iter_frames
 from worker.render import render_annotated
-from worker.runtime import DecodedImage, FrameTask, Outcome, resolved
+from worker.runtime import DecodedImage, FrameTask, Outcome
 
 logger = logging.getLogger(__name__)
 
 READ_POLL_S = 0.05  # how often the batching loop looks again when the reader has nothing yet
+READER_EXIT_S = 10.0  # how long a chunk waits for its reader thread to stop
 
 
 class FrameInference(Protocol):
@@ -63,15 +64,13 @@ class ChunkStopped(Exception):
 
 
 class FrameReader:
-    """Decodes a chunk's frames in a thread into a bounded queue of `FrameTask`s (a context manager)."""
+    """Decodes a chunk's frames (PyAV only) in a thread into a bounded queue of `FrameTask`s (a context manager)."""
 
-    def __init__(
-        self, path: Any, payload: ChunkPayload, stride: int, params: DetectParams, inference: FrameInference, depth: int
-    ) -> None:
+    def __init__(self, path: Any, payload: ChunkPayload, stride: int, params: DetectParams, depth: int) -> None:
         self.pending: queue.Queue[FrameTask] = queue.Queue(maxsize=max(1, depth))
         self.error: BaseException | None = None
         self._args = (path, payload.start, payload.stop, stride)
-        self._params, self._inference = params, inference
+        self._params = params
         self._done = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, name="video-decode", daemon=True)
@@ -82,11 +81,14 @@ class FrameReader:
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
-        while self._thread.is_alive():
+        deadline = time.monotonic() + READER_EXIT_S
+        while self._thread.is_alive() and time.monotonic() < deadline:
             try:
                 self.pending.get_nowait()
             except queue.Empty:
                 self._thread.join(timeout=0.05)
+        if self._thread.is_alive():  # stuck inside the decoder: a daemon thread, left to end with the process
+            logger.warning("the frame reader did not stop within %g s; leaving it behind", READER_EXIT_S)
 
     def finished(self) -> bool:
         """True once every frame was handed over; raises what the reader raised."""
@@ -98,12 +100,11 @@ class FrameReader:
         frames = iter_frames(*self._args)
         try:
             for frame in frames:
-                started = time.perf_counter()
                 task = FrameTask(
                     index=frame.index,
                     time_s=frame.time_s,
                     params=self._params,
-                    decoded=resolved(self._inference.upload(frame.image, started)),
+                    image=frame.image,
                     picked_at=time.time(),
                     enqueued_at=time.time(),
                 )
@@ -157,7 +158,12 @@ class VideoJobs:
             store.set_status(job_id, VideoStatus.FAILED, error=message)
             logger.exception("video %s %s", job_id, message)
             raise
-        store.storage.write_chunk(job_id, result)
+        try:
+            store.storage.write_chunk(job_id, result)
+        except OSError:
+            if not store.should_stop(job_id):
+                raise
+            return {"index": index, "stopped": True}  # canceled at the last moment: its folder is gone
         logger.info(
             "video %s chunk %d: %d frames in %.2f s on %s",
             job_id,
@@ -175,9 +181,7 @@ class VideoJobs:
         batcher = AdaptiveBatcher(self.max_images, self.batch_time_target_s)
         path = self.store.input_path(state)
         carry: FrameTask | None = None
-        with FrameReader(
-            path, payload, state.params.frame_stride, params, self.inference, 2 * self.max_images
-        ) as reader:
+        with FrameReader(path, payload, state.params.frame_stride, params, 2 * self.max_images) as reader:
             while carry is not None or not reader.finished():
                 batch = collect_batch(
                     reader.pending,
@@ -205,6 +209,9 @@ class VideoJobs:
 
     def _run(self, tasks: list[FrameTask]) -> list[FrameResult]:
         """One pass through the worker's inference step; a frame that fails fails the chunk with its reason."""
+        for task in tasks:
+            if not task.decoded.done():
+                task.decoded.set_result(self.inference.upload(task.image))
         results = []
         for task, outcome in pair_outputs(tasks, self.inference.run(tasks), "run"):
             if outcome.failure is not None or outcome.result is None:

@@ -22,6 +22,7 @@ Usable as `rq worker -w worker.worker.BatchingWorker <prefix>:images <prefix>:vi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -373,6 +374,10 @@ class BatchingWorker(RqBookkeeping, SimpleWorker):
             return tasks
         canceled = [status in (b"canceled", "canceled") for status in statuses]
         skipped = sum(canceled)
+        for task, gone in zip(tasks, canceled, strict=True):
+            if gone and task.from_rq_loop and len(self.queues) == 1:  # rq's loop left it in its intermediate list
+                with contextlib.suppress(redis.RedisError):
+                    task.queue.intermediate_queue.remove(task.job.id)
         if skipped:
             self.metrics.skipped.inc(skipped)
             logger.info("worker %s: skipped %d image job(s) whose client left", self.name, skipped)

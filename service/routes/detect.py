@@ -120,10 +120,12 @@ async def wait_unless_gone(
     try:
         await asyncio.wait({waiting, leaving}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        leaving.cancel()
-    if waiting.done():
-        return waiting.result()
-    waiting.cancel()
+        unfinished = [task for task in (waiting, leaving) if not task.done()]
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)  # nothing runs on after this point
+    if not waiting.cancelled():
+        return waiting.result()  # the replies (or the Redis error, which the caller answers with 503)
     canceled = await run_in_threadpool(broker.cancel, submission, set())
     safely(lambda: metrics.abandoned_images.inc(len(canceled)))
     raise ClientGone(
