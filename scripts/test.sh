@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up and run the test suite: system tools, the project's virtualenv from the locks (scripts/setup.sh),
-# lint, tests. Arguments go to pytest (for example `bash scripts/test.sh tests/model -k nms`).
+# lint, tests. Arguments go to one pytest run (for example `bash scripts/test.sh tests/model -k nms`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v promtool >/dev/null || ! command -v redis-server >/dev/null; then
@@ -14,4 +14,16 @@ bash scripts/setup.sh
 source .venv/bin/activate
 python -m ruff check .
 python -m ruff format --check .
-python -m pytest -q "$@"
+if [ $# -gt 0 ]; then
+  python -m pytest -q "$@"
+  exit
+fi
+# Without arguments: one pytest process per test package. The whole suite in one process (torch, OpenVINO,
+# ONNX Runtime, PyAV and their threads loaded side by side, hundreds of child processes) once died of a
+# SIGSEGV that no single package reproduces; separate processes keep one suite's native state out of the next.
+status=0
+for suite in "tests/test_layout.py tests/test_locks.py" tests/*/; do
+  # shellcheck disable=SC2086
+  python -m pytest -q $suite || status=$?
+done
+exit "$status"
