@@ -14,6 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from jobs.stream_urls import DEFAULT_ALLOW as DEFAULT_STREAM_ALLOW
+
 DEFAULT_MAX_BATCH_GPU = 32
 DEFAULT_MAX_BATCH_CPU = 8
 
@@ -101,6 +103,22 @@ class Settings(BaseSettings):
     video_chunk_frames: int = Field(256, ge=1, description="frames per video chunk job (the unit workers share)")
     interactive_linger_ms: float = Field(
         100.0, ge=0, le=10_000, description="after serving images between video batches, wait this long for more"
+    )
+
+    stream_allow: str = Field(
+        DEFAULT_STREAM_ALLOW,
+        description="camera hosts streams may open: addresses, CIDRs or host names, comma-separated, * for any; "
+        "link-local and cloud-metadata addresses are always refused (default: the private networks)",
+    )
+    max_streams: int = Field(64, ge=0, description="429 when POST /streams would make more live streams than this")
+    max_streams_per_worker: int = Field(8, ge=0, description="live streams one worker holds at most (0: none)")
+    stream_ttl_s: int = Field(3600, ge=1, description="how long a stopped or failed stream's state and events are kept")
+    stream_events_max: int = Field(1000, ge=10, description="events kept per stream for late readers (Last-Event-ID)")
+    stream_connect_attempts: int = Field(
+        3, ge=1, description="a camera that never delivered a frame fails after this many connection attempts"
+    )
+    stream_retry_s: float = Field(
+        300.0, gt=0, description="a camera that was running fails after reconnecting this long without a frame"
     )
 
     @field_validator("api_keys", mode="before")

@@ -21,14 +21,15 @@ from jobs.settings import Settings, get_settings
 from service.errors import ClientGone, ServiceError
 from service.metrics import ApiMetrics, HttpMetricsMiddleware
 from service.queueing import JobBroker
-from service.routes import detect, health, jobs, metrics, models
+from service.routes import detect, health, jobs, metrics, models, streams
 
 logger = logging.getLogger(__name__)
 
 DESCRIPTION = """
 Infrared small-target detection with MASENet. `POST /detect` takes one or more frames (multipart parts
-named `image`) and answers boxes per frame, optionally with a Grad-CAM overlay. Requests are queued in
-Redis and served by batching workers. With `MASENET_API_KEYS` set, send `Authorization: Bearer <key>`
+named `image`) and answers boxes per frame, optionally with a Grad-CAM overlay; `POST /jobs` takes a recorded
+video, `POST /streams` a live camera (RTSP or HTTP) whose detections arrive as server-sent events. Requests are
+queued in Redis and served by batching workers. With `MASENET_API_KEYS` set, send `Authorization: Bearer <key>`
 (health endpoints, `/metrics` and these docs stay open).
 """
 
@@ -48,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = api_metrics
     app.state.broker = broker
-    for router in (detect.router, jobs.router, models.router, health.router, metrics.router):
+    for router in (detect.router, jobs.router, streams.router, models.router, health.router, metrics.router):
         app.include_router(router)
     app.add_exception_handler(ServiceError, _service_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)

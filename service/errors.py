@@ -115,3 +115,17 @@ class ClientGone(ServiceError):
 
     status_code = 499
     reason = "client_gone"
+
+
+class StreamNotFound(ServiceError):
+    """An unknown, expired or malformed stream id."""
+
+    status_code = 404
+    reason = "params"
+
+
+class TooManyStreams(ServiceError):
+    """MASENET_MAX_STREAMS live streams already run."""
+
+    status_code = 429
+    reason = "streams"

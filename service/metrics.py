@@ -1,14 +1,15 @@
 """Prometheus metrics of the API process, served at `GET /metrics`.
 
 Each app owns a `CollectorRegistry` (one uvicorn process per API container; no multiprocess mode). The
-queue depth and the video jobs' outcomes are read from Redis at scrape time by a custom collector. Recording a
-metric never fails a request: every update goes through `safely`.
+queue depth, the video jobs' outcomes and the live streams by status are read from Redis at scrape time by a
+custom collector. Recording a metric never fails a request: every update goes through `safely`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter as Tally
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -21,6 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobs.settings import Settings
 from jobs.store import outcomes_key
+from jobs.stream_store import StreamStore
+from jobs.streams import StreamStatus
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ REJECT_REASONS = (
     "unavailable",
     "client_gone",
     "rate_limit",
+    "streams",
 )
 VIDEO_JOB_STATUSES = ("accepted", "finished", "failed", "canceled")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -50,8 +54,9 @@ def safely(update: Callable[[], Any]) -> None:
 
 
 class RedisStateCollector(Collector):
-    """Read from Redis at scrape time: `masenet_queue_depth{queue}` (LLEN of the image and video queues) and
-    `masenet_video_jobs_total{status}` (video jobs by outcome, counted once per job by whichever process ended it)."""
+    """Read from Redis at scrape time: `masenet_queue_depth{queue}` (LLEN of the image and video queues),
+    `masenet_video_jobs_total{status}` (video jobs by outcome, counted once per job by whichever process ended it)
+    and `masenet_streams{status}` (live streams kept, by status)."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -67,6 +72,7 @@ class RedisStateCollector(Collector):
     def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         depth = GaugeMetricFamily("masenet_queue_depth", "Jobs waiting in each queue", labels=["queue"])
         video_jobs = CounterMetricFamily("masenet_video_jobs", "Video jobs by outcome", labels=["status"])
+        streams = GaugeMetricFamily("masenet_streams", "Live streams kept, by status", labels=["status"])
         queues = {"images": self._settings.image_queue, "video": self._settings.video_queue}
         try:
             with self._redis().pipeline(transaction=False) as pipeline:
@@ -74,15 +80,19 @@ class RedisStateCollector(Collector):
                     pipeline.llen(queue_key(name))
                 pipeline.hgetall(outcomes_key(self._settings.queue_prefix))
                 *depths, outcomes = pipeline.execute()
+            records = StreamStore(self._redis(), self._settings.queue_prefix, self._settings.stream_ttl_s).records()
         except Exception as exc:  # Redis down: no sample, never an error
             logger.debug("queue depth unavailable: %s", exc)
-            return [depth, video_jobs]
+            return [depth, video_jobs, streams]
+        by_status = Tally(record.status.value for record in records)
+        for status in StreamStatus:
+            streams.add_metric([status.value], float(by_status.get(status.value, 0)))
         for label, value in zip(queues, depths, strict=True):
             depth.add_metric([label], float(value))
         counts = {name.decode(): int(value) for name, value in outcomes.items()}
         for status in VIDEO_JOB_STATUSES:
             video_jobs.add_metric([status], float(counts.get(status, 0)))
-        return [depth, video_jobs]
+        return [depth, video_jobs, streams]
 
 
 def queue_key(queue_name: str) -> str:

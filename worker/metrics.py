@@ -21,6 +21,7 @@ FAILURE_REASONS = ("media", "internal", "timeout")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STREAM_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 PORT_ATTEMPTS = 32
 
 
@@ -94,6 +95,22 @@ class WorkerMetrics:
         self.skipped = Counter(
             "masenet_skipped_jobs", "Image jobs skipped because their client left", registry=self.registry
         )
+        self.stream_frames = Counter(
+            "masenet_stream_frames",
+            "Live stream frames: read from the cameras, processed, dropped (over the fps cap or replaced by newer)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.stream_latency = Histogram(
+            "masenet_stream_latency_seconds",
+            "Live streams: from reading a frame off the camera to publishing its event",
+            buckets=STREAM_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.stream_reconnects = Counter(
+            "masenet_stream_reconnects", "Live stream reconnections after a lost camera", registry=self.registry
+        )
+        self.streams_held = Gauge("masenet_streams_held", "Live streams this worker holds", registry=self.registry)
         self.model_load = Gauge("masenet_model_load_seconds", "Time to load the model", registry=self.registry)
         self.up = Gauge("masenet_worker_up", "1 when the model is loaded and jobs are taken", registry=self.registry)
         self.model_info = Gauge(

@@ -1,4 +1,5 @@
-"""The annotated MP4 of a video job: boxes at least `min_box_px` wide, track ids and short trails."""
+"""The annotated MP4 of a video job (boxes at least `min_box_px` wide, track ids, short trails) and annotated
+stream snapshots."""
 
 from __future__ import annotations
 
@@ -69,6 +70,15 @@ def render_annotated(
         for packet in stream.encode():
             target.mux(packet)
     temporary.replace(output_path)
+
+
+def annotate_frame(image: np.ndarray, detections: list[TrackedDetection], min_box_px: int = 14) -> np.ndarray:
+    """One RGB frame with its boxes and track ids drawn (a live stream's snapshot)."""
+    from PIL import Image, ImageDraw
+
+    picture = Image.fromarray(image)
+    _draw_detections(ImageDraw.Draw(picture), detections, {}, min_box_px)
+    return np.asarray(picture)
 
 
 def _draw_detections(

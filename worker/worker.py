@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import DequeueTimeout, NoSuchJobError
 from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
@@ -53,6 +53,7 @@ from jobs.contracts import (
 )
 from jobs.settings import Settings, get_settings
 from jobs.store import JobStorage, VideoJobStore
+from jobs.stream_store import StreamStore
 from jobs.video import ChunkPayload, FinalizePayload
 from worker.batching import collect_batch
 from worker.bookkeeping import JobHandler, RqBookkeeping
@@ -60,6 +61,7 @@ from worker.metrics import WorkerMetrics
 from worker.presence import StatePublisher, outage_retry
 from worker.reaper import Reaper
 from worker.runtime import ImageTask, InferenceRuntime, prefer_passive_cpu_threads
+from worker.streams import StreamHub
 from worker.video import VideoJobs
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,9 @@ FEED_POLL_S = 0.05  # feeder BLPOP timeout: how quickly it notices the end of a 
 RQ_HEARTBEAT_S = 10.0
 REDIS_OUTAGE_S = 60.0  # a worker's Redis calls retry through an outage this long (Redis restarted, failed over)
 DECODE_THREADS = 2
+STREAM_POLL_S = 0.05  # with live streams held, how long the worker waits for a frame before it looks for jobs
+IDLE_POLL_S = 1  # without streams, how long one wait for a job lasts (then it looks again for streams)
+STREAM_STARVE_S = 0.25  # during a long image session, live streams get a batch once they have waited this long
 
 
 def default_worker_name() -> str:
@@ -100,6 +105,7 @@ class BatchingWorker(RqBookkeeping, SimpleWorker):
         self.runtime = InferenceRuntime(self.settings, self.connection, self.metrics, worker_name=self.name)
         self.job_handlers: dict[str, JobHandler] = {JobKind.IMAGE.value: self._handle_image_job}
         self.video: VideoJobs | None = None
+        self.streams: StreamHub | None = None
         self.max_images = self.settings.effective_max_batch(on_gpu=False)  # images per forward pass, views counted
         self.max_batch = self.max_images  # frames per pass at the default test-time augmentation
         self.metrics_port: int | None = None
@@ -138,6 +144,8 @@ class BatchingWorker(RqBookkeeping, SimpleWorker):
             self._publisher.stop()
             if self._reaper is not None:
                 self._reaper.stop()
+            if self.streams is not None:
+                self.streams.close()  # the leases go back at once: other workers take the streams over
             if self._completer is not None:
                 self._completer.shutdown(wait=True)
             if self._decoder is not None:
@@ -167,6 +175,12 @@ class BatchingWorker(RqBookkeeping, SimpleWorker):
         if self.runtime.on_gpu:
             self.metrics.enable_gpu()
         self._install_video_context()
+        if self.settings.max_streams_per_worker > 0:
+            store = StreamStore(
+                self.connection, self.settings.queue_prefix, self.settings.stream_ttl_s, self.settings.stream_events_max
+            )
+            self.streams = StreamHub(store, self.runtime, self.name, self.settings, self.metrics, self.max_images)
+            self.streams.start()
         self._reaper = Reaper(self.connection, self.settings)
         self._reaper.start()
         self.metrics.up.set(1)
@@ -192,7 +206,7 @@ class BatchingWorker(RqBookkeeping, SimpleWorker):
             worker_name=self.name,
             max_images=self.max_images,
             max_delay_s=self.settings.max_delay_ms / 1000.0,
-            between_batches=self.serve_waiting_images,
+            between_batches=self._between_video_batches,
             frames_processed=self.metrics.video_frames.inc,
         )
         video = self.video
@@ -241,6 +255,60 @@ class BatchingWorker(RqBookkeeping, SimpleWorker):
         if task is not None:
             self._image_session(task, idle_s=self.settings.interactive_linger_ms / 1000.0)
 
+    def _between_video_batches(self) -> None:
+        self.serve_waiting_images()
+        if self.streams is not None and self.streams.has_frames():
+            self.streams.serve(first_timeout_s=0)
+
+    # live streams
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        """rq's wait for the next job, serving live streams meanwhile.
+
+        With streams held, the worker looks for a job without blocking between batches of stream frames; without,
+        it waits for a job IDLE_POLL_S at a time, so a newly claimed stream is served within a second. Returns
+        None (rq's loop then ends) when a warm shutdown was asked for, or after `max_idle_time` without work.
+        """
+        if self.streams is None or timeout is None:  # before the model loaded, or a burst run
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        idle_since = time.monotonic()
+        while not self._stop_requested:
+            self._maybe_heartbeat()
+            if self.should_run_maintenance_tasks:
+                self.run_maintenance_tasks()
+            streaming = self.streams.active
+            wanted = RqWorkerStatus.BUSY if streaming else RqWorkerStatus.IDLE  # a stop then waits for the batch
+            if self.get_state() != wanted:
+                self.set_state(wanted)
+            try:
+                result = self.queue_class.dequeue_any(
+                    self._ordered_queues,
+                    None if streaming else IDLE_POLL_S,
+                    connection=self.connection,
+                    job_class=self.job_class,
+                    serializer=self.serializer,
+                    death_penalty_class=self.death_penalty_class,
+                )
+            except DequeueTimeout:
+                result = None
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                logger.warning("worker %s: cannot reach Redis for jobs: %s", self.name, exc)
+                time.sleep(1.0)
+                continue
+            if result is not None:
+                self.reorder_queues(reference_queue=result[1])
+                return result
+            if streaming:
+                self.streams.serve(first_timeout_s=STREAM_POLL_S)
+                idle_since = time.monotonic()
+            elif max_idle_time is not None and time.monotonic() - idle_since > max_idle_time:
+                return None
+        return None
+
+    def _serve_starved_streams(self) -> None:
+        streams = self.streams
+        if streams is not None and streams.has_frames() and time.monotonic() - streams.last_served > STREAM_STARVE_S:
+            streams.serve(first_timeout_s=0)
+
     # image session
     def _image_session(self, first: ImageTask, idle_s: float) -> None:
         """Batch image jobs from `first.queue` until it stays empty for `idle_s`."""
@@ -272,6 +340,7 @@ class BatchingWorker(RqBookkeeping, SimpleWorker):
                     slots.release()
                 self._process(batch.items)
                 self._maybe_heartbeat()
+                self._serve_starved_streams()
         finally:
             stop.set()
             feeder.join()
