@@ -27,8 +27,8 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 SCHEMES = ("rtsp", "rtsps", "http", "https")
 DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
 FFMPEG_PROTOCOLS = {  # FFmpeg's protocol_whitelist per scheme: only what that scheme itself needs
-    "rtsp": "rtsp,rtp,tcp,udp",
-    "rtsps": "rtsps,rtsp,rtp,tcp,udp,tls",
+    "rtsp": "rtsp,tcp",  # RTP comes interleaved in the RTSP connection (rtsp_transport=tcp): no rtp:, no udp:
+    "rtsps": "rtsps,rtsp,tls,tcp",
     "http": "http,tcp",
     "https": "https,http,tcp,tls",
 }
@@ -48,6 +48,9 @@ ALWAYS_REFUSED = tuple(
     )
 )
 MAX_URL_LENGTH = 2048
+# FFmpeg probes 5 s of a live input by default before the first frame (and then hands those frames out late);
+# half a second finds the video stream of RTSP (its SDP names the codec), MJPEG and MPEG-TS cameras.
+LIVE_PROBE = {"analyzeduration": "500000", "probesize": "1000000", "fflags": "nobuffer"}
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -156,7 +159,7 @@ def _plain(address: Address) -> Address:
 
 def ffmpeg_options(scheme: str) -> dict[str, str]:
     """Options for FFmpeg's open: the scheme's protocols only, RTSP over TCP, HTTP without redirects."""
-    options = {"protocol_whitelist": FFMPEG_PROTOCOLS[scheme]}
+    options = {"protocol_whitelist": FFMPEG_PROTOCOLS[scheme], **LIVE_PROBE}
     if scheme in ("rtsp", "rtsps"):
         options["rtsp_transport"] = "tcp"
     else:
