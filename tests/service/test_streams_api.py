@@ -18,7 +18,7 @@ import redis
 from PIL import Image
 
 from model.checkpoint import default_weights_path
-from tests.service.helpers import REDIS_URL, ApiProcess, WorkerProcess, metric_value, new_prefix
+from tests.service.helpers import REDIS_URL, ApiProcess, WorkerProcess, metric_value, new_prefix, png_bytes
 from tools.cameras import CameraScene, LiveCamera, MjpegCamera
 from tools.launch import child_env
 from tools.rtsp_camera import RtspCamera
@@ -43,11 +43,16 @@ def module_redis() -> Iterator[redis.Redis]:
     connection.close()
 
 
+WORKER_ENV = {**STREAM_ENV, "MASENET_IMGSZ": None, "MASENET_MAX_STREAMS_PER_WORKER": "3", "OMP_NUM_THREADS": "1"}
+
+
 @pytest.fixture(scope="module")
 def workers(module_redis: redis.Redis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[WorkerProcess]]:
+    """Two workers; a test that ends one replaces it (`replace`), so the list always holds two live workers."""
     logs = tmp_path_factory.mktemp("worker-logs")
-    env = {**STREAM_ENV, "MASENET_IMGSZ": None, "MASENET_MAX_STREAMS_PER_WORKER": "3", "OMP_NUM_THREADS": "1"}
-    processes = [WorkerProcess(PREFIX, default_weights_path(), logs / f"w{i}.log", **env).start() for i in range(2)]
+    processes = [WorkerProcess(PREFIX, default_weights_path(), logs / f"w{i}.log", **WORKER_ENV) for i in range(2)]
+    for process in processes:
+        process.start()
     try:
         for process in processes:
             process.wait_for(module_redis, "ready")
@@ -55,6 +60,13 @@ def workers(module_redis: redis.Redis, tmp_path_factory: pytest.TempPathFactory)
     finally:
         for process in processes:
             process.stop()
+
+
+def replace(workers: list[WorkerProcess], gone: WorkerProcess, module_redis: redis.Redis) -> None:
+    log_path = gone.log_path.with_name(f"{gone.name}-next.log")
+    fresh = WorkerProcess(PREFIX, default_weights_path(), log_path, **WORKER_ENV)
+    workers[workers.index(gone)] = fresh.start()
+    fresh.wait_for(module_redis, "ready")
 
 
 @pytest.fixture(scope="module")
@@ -302,3 +314,32 @@ def test_killing_the_holder_hands_the_stream_to_another_worker(
     assert ids and max(ids) <= 4, f"track ids restarted instead of continuing: {ids}"
     assert after["worker"] != holder.name
     api.delete(f"/streams/{stream_id}")
+    replace(workers, holder, module_redis)
+
+
+def test_a_worker_that_stops_hands_its_streams_over_at_once(
+    api: httpx.Client, camera: LiveCamera, workers: list[WorkerProcess], module_redis: redis.Redis
+) -> None:
+    stream_id = start(api, camera.url)
+    before = wait_for(api, stream_id, lambda s: s["status"] == "running" and s["frames_processed"] >= 3)
+    holder = next(worker for worker in workers if worker.name == before["worker"])
+    stopping = time.monotonic()
+    assert holder.stop() == 0  # SIGTERM: a warm shutdown
+    assert time.monotonic() - stopping < 10.0, "the worker took long to stop while serving a stream"
+    after = wait_for(api, stream_id, lambda s: s["worker"] not in (None, holder.name) and s["status"] == "running")
+    assert after["frames_processed"] >= before["frames_processed"]
+    api.delete(f"/streams/{stream_id}")
+    replace(workers, holder, module_redis)
+
+
+def test_detect_requests_are_served_while_streams_run(api: httpx.Client, camera: LiveCamera) -> None:
+    streams = [start(api, camera.url) for _ in range(2)]
+    for stream_id in streams:
+        wait_for(api, stream_id, lambda s: s["status"] == "running" and s["frames_processed"] > 0)
+    processed = sum(state(api, stream_id)["frames_processed"] for stream_id in streams)
+    for _ in range(5):
+        response = api.post("/detect", files={"image": ("frame.png", png_bytes(320, 256), "image/png")}, timeout=30)
+        assert response.status_code == 200, response.text
+    assert sum(state(api, stream_id)["frames_processed"] for stream_id in streams) > processed
+    for stream_id in streams:
+        api.delete(f"/streams/{stream_id}")
