@@ -69,7 +69,7 @@ class HeldStream:
     tracker: Tracker | None
     base: StreamStats
     processed: int = 0
-    confirmed: set[int] = field(default_factory=set)
+    confirmed: dict[int, int] = field(default_factory=dict)  # track id -> class id of the confirmed tracks
     tracker_state: dict[str, Any] | None = None
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     last_snapshot: float = 0.0
@@ -163,7 +163,17 @@ class StreamHub:
 
     # inference thread
     def serve(self, first_timeout_s: float) -> int:
-        """Run one batch of the streams' newest frames (waiting up to `first_timeout_s` for one); frames run."""
+        """Run one batch of the streams' newest frames (waiting up to `first_timeout_s` for one); frames run.
+
+        Never raises: a failure here would end the worker's loop, and with it every job and stream it serves.
+        """
+        try:
+            return self._serve(first_timeout_s)
+        except Exception:
+            logger.exception("worker %s: a batch of stream frames failed", self.worker_name)
+            return 0
+
+    def _serve(self, first_timeout_s: float) -> int:
         batch = collect_batch(
             self.ready,
             self.max_images,
@@ -228,11 +238,13 @@ class StreamHub:
                         box=detection["box"],
                     )
                     events.append((EventType.TRACK_STARTED, started.model_dump_json()))
-                    stream.confirmed.add(track_id)
-            for track_id in sorted(stream.confirmed - alive):
-                ended = TrackEvent(track_id=track_id, class_id=0, frame_index=captured.index, time_s=captured.time_s)
+                    stream.confirmed[track_id] = started.class_id
+            for track_id in sorted(set(stream.confirmed) - alive):
+                class_id = stream.confirmed.pop(track_id)
+                ended = TrackEvent(
+                    track_id=track_id, class_id=class_id, frame_index=captured.index, time_s=captured.time_s
+                )
                 events.append((EventType.TRACK_ENDED, ended.model_dump_json()))
-            stream.confirmed &= alive
             stream.tracker_state = stream.tracker.state_dict()
         detections = [TrackedDetection(**item, track_id=track_id) for item, track_id in zip(found, ids, strict=True)]
         frame = FrameEvent(
@@ -343,7 +355,8 @@ class StreamHub:
             base=record.stats,
         )
         if tracker is not None:
-            stream.confirmed = {track.track_id for track in tracker.tracks if track.track_id is not None}
+            confirmed = [track for track in tracker.tracks if track.track_id is not None]
+            stream.confirmed = {track.track_id: track.class_id for track in confirmed}
         taken_over = record.started_at is not None
         with self._lock:
             self._held[stream_id] = stream
