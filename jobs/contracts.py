@@ -62,6 +62,11 @@ class DetectParams(InferenceParams):
     """Per-image parameters (the query of POST /detect), already validated by the API."""
 
     gradcam: bool = Field(False, description="also return a Grad-CAM overlay PNG per image")
+    preview: bool = Field(
+        False,
+        description="also return each frame as the model saw it (8-bit, tone-mapped) as a base64 JPEG: what a "
+        "browser can show of a 16-bit or TIFF frame",
+    )
 
 
 def input_pixels(width: int, height: int, scale: float) -> int:
@@ -126,6 +131,7 @@ class ImageJobResult(BaseModel):
     height: int
     detections: list[Detection]
     gradcam: str | None = Field(None, description="base64 PNG overlay, same size as the input, when asked")
+    preview: str | None = Field(None, description="base64 JPEG of the frame as the model saw it, when asked")
     queue_ms: float = Field(description="enqueue to pick-up by a worker")
     inference_ms: float = Field(description="decode to postprocess for the batch that held this image")
     batch_size: int = Field(description="images in the forward pass that held this image")

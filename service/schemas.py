@@ -13,6 +13,7 @@ class ImageResult(BaseModel):
     height: int
     detections: list[Detection]
     gradcam: str | None = Field(None, description="base64 PNG overlay of the input's size, or null")
+    preview: str | None = Field(None, description="base64 JPEG of the frame as the model saw it (8-bit), or null")
 
 
 class Timing(BaseModel):

@@ -13,6 +13,7 @@ If a whole group fails, its images are retried one by one so that only the culpr
 from __future__ import annotations
 
 import base64
+import io
 import logging
 import os
 import sys
@@ -354,12 +355,14 @@ class InferenceRuntime:
     def _result(self, item: _Ready, elapsed_ms: float, batch_size: int) -> ImageJobResult:
         task = item.task
         overlay = base64.b64encode(item.overlay_png).decode("ascii") if item.overlay_png is not None else None
+        preview = encode_jpeg(item.image.frame) if getattr(task.params, "preview", False) else None
         return ImageJobResult(
             filename=task.payload.filename if isinstance(task, ImageTask) else task.name,
             width=item.image.width,
             height=item.image.height,
             detections=[Detection.model_validate(detection) for detection in item.detections],
             gradcam=overlay,
+            preview=preview,
             queue_ms=round(max(0.0, task.picked_at - task.enqueued_at) * 1000.0, 3),
             inference_ms=round(elapsed_ms, 3),
             batch_size=batch_size,
@@ -368,6 +371,15 @@ class InferenceRuntime:
 
     def _observe(self, stage: str, since: float) -> None:
         self.metrics.stage.labels(stage=stage).observe(time.perf_counter() - since)
+
+
+def encode_jpeg(frame: np.ndarray, quality: int = 90) -> str:
+    """An RGB uint8 frame as a base64 JPEG (the preview of a frame as the model saw it)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def out_of_memory(exc: BaseException) -> bool:

@@ -215,6 +215,7 @@ def build_response(
                 height=result.height,
                 detections=result.detections,
                 gradcam=result.gradcam,
+                preview=result.preview,
             )
             for result in results
         ],

@@ -70,7 +70,7 @@ def test_one_image(client: TestClient) -> None:
     assert set(body["timing"]) == {"queue_ms", "inference_ms", "total_ms"}
     assert body["timing"]["total_ms"] >= body["timing"]["inference_ms"] > 0
     (result,) = body["results"]
-    assert set(result) == {"filename", "width", "height", "detections", "gradcam"}
+    assert set(result) == {"filename", "width", "height", "detections", "gradcam", "preview"}
     assert (result["filename"], result["width"], result["height"], result["gradcam"]) == ("one.png", 96, 64, None)
     assert result["detections"], "conf near 0 keeps boxes even for a random model"
     detection = result["detections"][0]
@@ -137,6 +137,16 @@ def test_gradcam_returns_a_png_of_the_input_size(client: TestClient) -> None:
         assert overlay.format == "PNG"
         assert overlay.size == (result["width"], result["height"])
         assert overlay.mode == "RGB"
+
+
+def test_preview_shows_a_sixteen_bit_frame_as_the_model_saw_it(client: TestClient) -> None:
+    response = client.post("/detect", files=[image_part(png_bytes(90, 50, bits=16), "deep.png")])
+    assert response.json()["results"][0]["preview"] is None  # only when asked
+    response = client.post("/detect", files=[image_part(png_bytes(90, 50, bits=16), "deep.png")], params={"preview": 1})
+    assert response.status_code == 200, response.text
+    preview = Image.open(io.BytesIO(base64.b64decode(response.json()["results"][0]["preview"])))
+    assert preview.format == "JPEG" and preview.size == (90, 50) and preview.mode == "RGB"
+    assert max(preview.convert("L").getextrema()) > 200  # tone-mapped to 8 bits: the specks are bright
 
 
 def test_corrupt_image_found_by_the_worker_is_422_naming_the_job(client: TestClient) -> None:
