@@ -80,6 +80,16 @@ if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'tracker', ARGV[3]) end
 return 1
 """
 
+# KEYS: record, events; ARGV: maxlen, then type and data of each event. Nothing once the stream has ended.
+PUBLISH = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current or current == 'stopped' or current == 'failed' then return 0 end
+for i = 2, #ARGV, 2 do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[i], 'data', ARGV[i + 1])
+end
+return 1
+"""
+
 # KEYS: lease, record; ARGV: worker. Hands the stream back (another worker may take it at once).
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -137,6 +147,7 @@ class StreamStore:
         self._renew = connection.register_script(RENEW)
         self._report = connection.register_script(REPORT)
         self._release = connection.register_script(RELEASE)
+        self._publish = connection.register_script(PUBLISH)
 
     # keys
     @property
@@ -232,15 +243,22 @@ class StreamStore:
         args = [worker, stats.model_dump_json(), json.dumps(tracker) if tracker is not None else ""]
         return bool(self._report(keys=[self.key(stream_id), self.lease_key(stream_id)], args=args))
 
-    def publish(self, stream_id: str, events: list[tuple[EventType, str]]) -> None:
-        """Append events (type, JSON data) to the stream's capped Redis stream."""
+    def publish(self, stream_id: str, events: list[tuple[EventType, str]], ended_too: bool = False) -> bool:
+        """Append events (type, JSON data) to the stream's capped Redis stream; a worker's events are dropped once
+        the stream has ended (a frame in flight at DELETE), the API's own `ended_too` (the final status) are not."""
         if not events:
-            return
+            return True
         key = self.events_key(stream_id)
+        if not ended_too:
+            args: list[Any] = [self.events_max]
+            for kind, data in events:
+                args += [kind.value, data]
+            return bool(self._publish(keys=[self.key(stream_id), key], args=args))
         with self.connection.pipeline(transaction=False) as pipeline:
             for kind, data in events:
                 pipeline.xadd(key, {"type": kind.value, "data": data}, maxlen=self.events_max, approximate=True)
             pipeline.execute()
+        return True
 
     def put_snapshot(self, stream_id: str, jpeg: bytes, ttl_s: int = 60) -> None:
         self.connection.set(self.snapshot_key(stream_id), jpeg, ex=ttl_s)

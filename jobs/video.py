@@ -123,6 +123,11 @@ class JobState(BaseModel):
     ended_at: str | None = None
 
 
+class JobAccepted(BaseModel):
+    job_id: str
+    status_url: str = Field(description="poll this for progress: GET /jobs/{job_id}")
+
+
 class VideoState(JobState):
     """The whole job hash: the public state plus what the workers need to run the job."""
 

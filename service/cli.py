@@ -22,6 +22,7 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from model import commands as model_commands
+    from service import client_commands
     from tools import commands as tools_commands
     from worker import commands as worker_commands
 
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     bench = subparsers.add_parser("bench", help="benchmarks that print a table")
     bench_subparsers = bench.add_subparsers(dest="bench", required=True)
-    for module in (model_commands, worker_commands, tools_commands):
+    for module in (model_commands, worker_commands, tools_commands, client_commands):
         module.register(subparsers, bench_subparsers)
     return parser
 

@@ -142,7 +142,8 @@ class StreamHub:
     def close(self) -> None:
         """Let every stream go at once (another worker takes them over) and stop the threads."""
         self._stop.set()
-        self._thread.join(timeout=5.0)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)
         with self._lock:
             held, self._held = list(self._held.values()), {}
         for stream in held:
@@ -375,4 +376,4 @@ class StreamHub:
     def _set_status(self, stream_id: str, status: StreamStatus, error: str | None) -> None:
         if self.store.set_status(stream_id, status, error):
             event = StatusEvent(status=status, error=error)
-            self.store.publish(stream_id, [(EventType.STATUS, event.model_dump_json())])
+            self.store.publish(stream_id, [(EventType.STATUS, event.model_dump_json())], ended_too=True)

@@ -15,7 +15,6 @@ from typing import Annotated, Any
 import redis
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from jobs.contracts import over_input_budget
@@ -23,6 +22,7 @@ from jobs.settings import Settings
 from jobs.store import JobStorage, VideoJobStore
 from jobs.video import (
     InvalidJobIdError,
+    JobAccepted,
     JobState,
     VideoInfo,
     VideoJobResult,
@@ -76,11 +76,6 @@ VIDEO_BODY = {
         },
     }
 }
-
-
-class JobAccepted(BaseModel):
-    job_id: str
-    status_url: str = Field(description="poll this for progress: GET /jobs/{job_id}")
 
 
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "unknown, expired or malformed job id"}}

@@ -134,7 +134,7 @@ async def stop_stream(stream_id: str, settings: SettingsDep, broker: BrokerDep, 
     try:
         if await run_in_threadpool(store.stop, stream_id):
             event = StatusEvent(status=StreamStatus.STOPPED)
-            await run_in_threadpool(store.publish, stream_id, [(EventType.STATUS, event.model_dump_json())])
+            await run_in_threadpool(store.publish, stream_id, [(EventType.STATUS, event.model_dump_json())], True)
     except redis.RedisError as exc:
         raise unavailable(settings, exc) from exc
     return (await run_in_threadpool(load_record, store, settings, stream_id)).public()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -21,10 +22,12 @@ from worker.streams import HeldStream, StreamHub
 
 
 @pytest.fixture
-def hub(redis_connection: redis.Redis, prefix: str) -> StreamHub:
+def hub(redis_connection: redis.Redis, prefix: str) -> Iterator[StreamHub]:
     store = StreamStore(redis_connection, prefix, ttl_s=60)
     settings = Settings(queue_prefix=prefix, stream_allow="127.0.0.1")
-    return StreamHub(store, inference=None, worker_name="w1", settings=settings, metrics=WorkerMetrics(), max_images=8)
+    made = StreamHub(store, inference=None, worker_name="w1", settings=settings, metrics=WorkerMetrics(), max_images=8)
+    yield made
+    made.close()  # its snapshot thread finishes before the database is flushed
 
 
 def held(hub: StreamHub, track: bool = True) -> HeldStream:
