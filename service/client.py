@@ -41,7 +41,7 @@ from jobs.streams import (
     TrackEvent,
 )
 from jobs.video import JobAccepted, JobState, VideoJobResult, VideoStatus
-from service.schemas import DetectResponse, ModelsResponse, ReadyResponse
+from service.schemas import DetectResponse, ModelsResponse, ReadyResponse, StatusResponse
 
 Model = TypeVar("Model", bound=BaseModel)
 ImageInput = str | Path | bytes | tuple[str, bytes] | Any  # a path, raw bytes, (filename, bytes) or an array
@@ -245,6 +245,10 @@ class Client:
 
     def models(self) -> ModelsResponse:
         return parsed(self.request("GET", "/models"), ModelsResponse)
+
+    def status(self) -> StatusResponse:
+        """Workers, queue depths and live streams by status."""
+        return parsed(self.request("GET", "/status"), StatusResponse)
 
     def ready(self) -> ReadyResponse:
         """Readiness (raises ApiError 503 with the reason when the service is not ready)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.contracts import Detection, ModelInfo
+from jobs.contracts import Detection, ModelInfo, WorkerState
 
 
 class ImageResult(BaseModel):
@@ -44,6 +44,19 @@ class ModelsResponse(BaseModel):
 
 class HealthResponse(BaseModel):
     status: str
+
+
+class QueueDepths(BaseModel):
+    images: int = Field(description="image jobs waiting")
+    video: int = Field(description="video chunk jobs waiting")
+
+
+class StatusResponse(BaseModel):
+    """What GET /status answers: the workers, the queues and the live streams, for consoles and operators."""
+
+    workers: list[WorkerState] = Field(description="live workers' heartbeat records (loading, ready or failed)")
+    queues: QueueDepths
+    streams: dict[str, int] = Field(description="live streams kept, by status")
 
 
 class ReadyResponse(BaseModel):

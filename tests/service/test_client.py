@@ -155,6 +155,8 @@ def test_detect_takes_paths_bytes_and_arrays(client: Client, tmp_path: Path) -> 
         min(abs(x - cx) + abs(y - cy) for cx, cy in scene.centres(0)) < 4 for x, y in centres
     ), "the shipped model finds the two targets"
     assert all(result.preview for result in answer.results) and answer.model.name == "masenet-n"
+    status = client.status()
+    assert [worker.status.value for worker in status.workers] == ["ready"] and status.queues.images == 0
     overlay = client.detect(scene.frame(1), gradcam=True).results[0].gradcam
     assert Image.open(io.BytesIO(base64.b64decode(overlay))).size == (320, 256)
     with pytest.raises(ApiError) as raised:
