@@ -173,7 +173,7 @@ class StreamSource:
             if not container.streams.video:
                 raise SourceLost("the camera's stream has no video")
             video = container.streams.video[0]
-            video.thread_type = "AUTO"
+            video.thread_type = "SLICE"  # frame threads would hold each frame back by as many frames: latency
             first = True
             started = time.monotonic()
             for frame in container.decode(video):
