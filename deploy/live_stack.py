@@ -4,9 +4,10 @@ Shared by the live Prometheus test (`tests/deploy/test_prometheus_live.py`) and 
 (`deploy/render_dashboard.py`). The API and the worker are started by the project's launcher
 (`tools.launch.local_stack`) against an existing Redis on their own DB index and queue prefix (whatever they
 left there is deleted on exit); the `prometheus` binary (Debian package) scrapes both every second and evaluates
-`deploy/prometheus/alerts.yml`. `send_traffic` is the renderer's mixed load (single and multi-image requests,
-Grad-CAM, refusals, frames that fail in the worker, a video job). Everything runs from the repository's sources;
-nothing here is part of the installed packages.
+`deploy/prometheus/alerts.yml`. `live_stream` watches a fake MJPEG camera (`tools.cameras`, on 127.0.0.1, which the
+stack's MASENET_STREAM_ALLOW lets in) through POST /streams. `send_traffic` is the renderer's mixed load (single and
+multi-image requests, Grad-CAM, refusals, frames that fail in the worker, a video job, a live stream whose camera
+vanishes for a while). Everything runs from the repository's sources; nothing here is part of the installed packages.
 """
 
 from __future__ import annotations
@@ -28,12 +29,17 @@ import httpx
 import yaml
 from PIL import Image
 
+from tools.cameras import CameraScene, MjpegCamera
 from tools.launch import LaunchError, free_port, local_stack, log_tails, wait_until, wait_until_healthy
 from tools.traffic import moving_square_clip, png_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERT_RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 STARTUP_TIMEOUT_S = 120.0
+CAMERA_FPS = 10.0
+STREAM_FPS = 5.0
+CAMERA_GAP_S = 8.0  # how long the renderer's camera vanishes: the stream reconnects
+STOP_GRACE_S = 2.0  # after DELETE /streams/{id}, its worker lets go of the camera within a second
 
 
 @dataclass
@@ -78,6 +84,7 @@ def live_stack(
         "MASENET_STORAGE": str(work / "storage"),
         "MASENET_TIMEOUT_S": "60",
         "MASENET_API_KEYS": None,
+        "MASENET_STREAM_ALLOW": "127.0.0.1",  # the fake cameras of live_stream
         **(settings or {}),
     }
     shutil.copy(ALERT_RULES, work / "alerts.yml")
@@ -107,6 +114,42 @@ def live_stack(
         stack.group.start("prometheus", [prometheus, *tsdb, listen], stack.env, logs["prometheus"], cwd=work)
         wait_until(targets_up, STARTUP_TIMEOUT_S, "Prometheus to scrape both targets", logs=logs)
         yield LiveStack(stack.api_url, prometheus_url, logs, readyz_before_worker)
+
+
+# ------------------------------------------------------------------------------------------ live stream
+
+
+@dataclass
+class LiveStream:
+    camera: MjpegCamera
+    stream_id: str
+    api_url: str
+
+    def state(self) -> dict[str, Any]:
+        return httpx.get(f"{self.api_url}/streams/{self.stream_id}", timeout=30).json()
+
+    def wait_processing(self, timeout_s: float = STARTUP_TIMEOUT_S) -> dict[str, Any]:
+        """Wait until a worker runs the stream and has processed a frame; returns the stream's state."""
+        return wait_until(
+            lambda: (state := self.state())["frames_processed"] > 0 and state["status"] == "running" and state,
+            timeout_s,
+            f"stream {self.stream_id} to process frames",
+        )
+
+
+@contextmanager
+def live_stream(api_url: str) -> Iterator[LiveStream]:
+    """A fake MJPEG camera (CAMERA_FPS) watched through POST /streams at STREAM_FPS; stopped with DELETE on exit."""
+    with MjpegCamera(CameraScene(), fps=CAMERA_FPS) as camera:
+        answer = httpx.post(f"{api_url}/streams", json={"url": camera.url, "fps": STREAM_FPS}, timeout=30)
+        if answer.status_code != 201:
+            raise LaunchError(f"POST /streams answered {answer.status_code}: {answer.text}")
+        stream = LiveStream(camera, answer.json()["stream_id"], api_url)
+        try:
+            yield stream
+        finally:
+            httpx.delete(f"{api_url}/streams/{stream.stream_id}", timeout=30)
+            time.sleep(STOP_GRACE_S)  # the worker lets go before the camera closes: no reconnect counted
 
 
 # ------------------------------------------------------------------------------------------ mixed traffic
@@ -145,14 +188,22 @@ def video_job(client: httpx.Client, clip: bytes) -> str:
 
 def send_traffic(api_url: str, seconds: float) -> Counter[str]:
     """Mixed /detect requests at 0.5 to 3.5 per second (a one-minute wave), two 10 s surges of multi-image requests
-    at 8 per second (a backlog, then 503s), and one video job; returns how many answers of each kind and status."""
+    at 8 per second (a backlog, then 503s), one video job, and a live stream all along whose camera vanishes for
+    CAMERA_GAP_S at half time (stopped at the end); returns how many answers of each kind and status."""
     rng = random.Random(0)
     frames = [png_bytes(96 + 32 * (i % 4), 96 + 16 * (i % 3), seed=i) for i in range(8)]
     clip, answers, video_at = moving_square_clip(), [], 0.3 * seconds
     surges = [(at, at + 10) for at in (0.25 * seconds, 0.7 * seconds)]
-    with httpx.Client(base_url=api_url, timeout=120) as client, ThreadPoolExecutor(max_workers=32) as pool:
+    with (
+        httpx.Client(base_url=api_url, timeout=120) as client,
+        ThreadPoolExecutor(max_workers=32) as pool,
+        live_stream(api_url) as stream,
+    ):
+        camera_events = [(0.5 * seconds, stream.camera.drop), (0.5 * seconds + CAMERA_GAP_S, stream.camera.resume)]
         started = time.monotonic()
         while (elapsed := time.monotonic() - started) < seconds:
+            while camera_events and elapsed >= camera_events[0][0]:
+                camera_events.pop(0)[1]()
             if video_at is not None and elapsed >= video_at:
                 answers.append(("video", pool.submit(video_job, client, clip)))
                 video_at = None
@@ -161,7 +212,10 @@ def send_traffic(api_url: str, seconds: float) -> Counter[str]:
             params, files = request_files(kind, rng, frames)
             answers.append((kind, pool.submit(client.post, "/detect", params=params, files=files)))
             time.sleep(rng.expovariate(8.0 if surge else 2.0 + 1.5 * math.sin(2 * math.pi * elapsed / 60)))
-        return Counter(
+        counts = Counter(
             answer if isinstance(answer := future.result(), str) else f"{kind} {answer.status_code}"
             for kind, future in answers
         )
+        state = stream.state()
+        counts[f"stream {state['status']}, {state['frames_processed']} frames, {state['reconnects']} reconnects"] += 1
+        return counts

@@ -4,15 +4,17 @@ This is a rendering of the dashboard's queries, not a Grafana screenshot: Grafan
 `deploy/grafana/dashboards/masenet.json` and runs every target's PromQL through Prometheus' HTTP API:
 `/api/v1/query_range` over the traffic window (step 5 s, coarser than Grafana's own) for time series and stat
 panels, `/api/v1/query` at the window's end for the targets Grafana runs as instant queries (bar gauges, the table).
-Each panel is drawn at its gridPos with its title, unit and legendFormat: time series as lines, stat as the last
-non-null value over a sparkline, bar gauge as bars, table as text. Variables are replaced as in the live test:
-`$__rate_interval` by 30s, `$route` by `.*` (All), and `$__range` by the window's length.
+Each panel is drawn at its gridPos with its title, unit, legendFormat and fixed colours by series name: time series as
+lines (stacked ones filled, each on the series before it), stat as the last non-null value over a sparkline, bar
+gauge as bars, table as text. Variables are replaced as in the live test: `$__rate_interval` by 30s, `$route` by `.*`
+(All), and `$__range` by the window's length.
 
 By default it starts the stack itself (`deploy/live_stack.py`: `masenet serve`, one CPU `masenet worker`, Prometheus
 scraping both every second; Redis DB 11 under a prefix of its own, deleted at the end) and sends `--seconds` of
 mixed traffic: single and multi-image /detect requests, Grad-CAM, refused requests (corrupt image, too many pixels,
-bad parameter, a full queue during two 10 s overload surges), truncated frames that fail in the worker, and one
-small video job. With `--prometheus URL` it sends nothing and draws the last `--seconds` of that Prometheus.
+bad parameter, a full queue during two 10 s overload surges), truncated frames that fail in the worker, one
+small video job, and a live stream at 5 fps on a fake 10 fps MJPEG camera that vanishes for 8 s at half time and is
+stopped at the end. With `--prometheus URL` it sends nothing and draws the last `--seconds` of that Prometheus.
 
     python -m deploy.render_dashboard [--seconds 150] [--weights CKPT] [--prometheus URL] [--output PNG]
 """
@@ -177,7 +179,9 @@ def draw_panel(
     for spine in ax.spines.values():
         spine.set_visible(False)
     if kind == "timeseries":
-        draw_timeseries(ax, frames, unit, window, ticks=int(width / 1.2))
+        stacked = panel["fieldConfig"]["defaults"].get("custom", {}).get("stacking", {}).get("mode") == "normal"
+        colors = override_colors(panel)
+        draw_timeseries(ax, frames, unit, window, ticks=int(width / 1.2), stacked=stacked, colors=colors)
         anchor = (axes_box[0] / fig_w, (axes_box[1] - 0.3) / fig_h)
         ax.legend(
             loc="upper left",
@@ -220,16 +224,57 @@ def value_formatter(unit: str) -> Any:
     return FuncFormatter(lambda value, _: format_value(value, unit))
 
 
-def draw_timeseries(ax: Any, frames: list[Frame], unit: str, window: tuple[float, float], ticks: int) -> None:
-    """Lines over the whole time range (as Grafana draws it), y from 0 unless a value is negative."""
+def override_colors(panel: dict[str, Any]) -> dict[str, str]:
+    """The fixed colours of the panel's "byName" overrides, by series name (the legend)."""
+    colors = {}
+    for override in panel["fieldConfig"].get("overrides", []):
+        if override["matcher"]["id"] != "byName":
+            continue
+        for prop in override["properties"]:
+            if prop["id"] == "color" and prop["value"].get("mode") == "fixed":
+                fixed = prop["value"]["fixedColor"]
+                colors[override["matcher"]["options"]] = THRESHOLD_COLORS.get(fixed, fixed)
+    return colors
+
+
+def stack_frames(frames: list[Frame]) -> list[Frame]:
+    """Grafana's "normal" stacking: each series on top of the ones before it, over the union of their times (a
+    missing or NaN point adds 0); returns the frames with their stacked values."""
+    times = sorted({t for frame in frames for t in frame.times})
+    below = dict.fromkeys(times, 0.0)
+    stacked = []
+    for frame in frames:
+        own = {t: value for t, value in zip(frame.times, frame.values, strict=True) if not math.isnan(value)}
+        below = {t: below[t] + own.get(t, 0.0) for t in times}
+        stacked.append(Frame(frame.ref_id, frame.legend, frame.labels, times, [below[t] for t in times]))
+    return stacked
+
+
+def draw_timeseries(
+    ax: Any,
+    frames: list[Frame],
+    unit: str,
+    window: tuple[float, float],
+    ticks: int,
+    stacked: bool = False,
+    colors: dict[str, str] | None = None,
+) -> None:
+    """Lines over the whole time range (as Grafana draws it), y from 0 unless a value is negative; stacked series
+    filled down to the one below."""
     import matplotlib.dates as mdates
 
     def when(t: float) -> datetime:
         return datetime.fromtimestamp(t, timezone.utc)
 
+    if stacked:
+        frames = stack_frames(frames)
     for index, frame in enumerate(frames):
-        color = COLORS[index % len(COLORS)]
-        ax.plot([when(t) for t in frame.times], frame.values, color=color, linewidth=1.4, label=frame.legend)
+        color = (colors or {}).get(frame.legend, COLORS[index % len(COLORS)])
+        times = [when(t) for t in frame.times]
+        ax.plot(times, frame.values, color=color, linewidth=1.4, label=frame.legend)
+        if stacked:
+            below = frames[index - 1].values if index else [0.0] * len(times)
+            ax.fill_between(times, below, frame.values, color=color, alpha=0.4, linewidth=0)
     ax.grid(color=EDGE, linewidth=0.6)
     ax.set_xlim(when(window[0]), when(window[1]))
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=timezone.utc))

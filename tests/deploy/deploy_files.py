@@ -57,6 +57,11 @@ CONTRACT_METRICS = {
     "masenet_gpu_memory_used_bytes",
     "masenet_gpu_memory_total_bytes",
     "masenet_gpu_utilization_ratio",
+    "masenet_streams",
+    "masenet_stream_frames_total",
+    "masenet_stream_latency_seconds",
+    "masenet_stream_reconnects_total",
+    "masenet_streams_held",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 

@@ -57,6 +57,12 @@ def test_alerts_cover_backlog_errors_workers_and_latency() -> None:
     no_workers = rules["MasenetNoLiveWorkers"]["expr"]
     assert "absent(masenet_worker_up)" in no_workers and "sum(masenet_worker_up) == 0" in no_workers
     assert "histogram_quantile(0.95" in rules["MasenetHighLatencyP95"]["expr"]
+    assert {"MasenetStreamsReconnecting", "MasenetStreamsUnheld", "MasenetStreamLatencyP95"} <= set(rules)
+    # Stopped and failed streams stay counted for MASENET_STREAM_TTL_S: only live statuses say something now.
+    for name in ("MasenetStreamsReconnecting", "MasenetStreamsUnheld"):
+        assert "masenet_streams{" in rules[name]["expr"] and "failed" not in rules[name]["expr"], name
+    assert "masenet_streams_held" in rules["MasenetStreamsUnheld"]["expr"]
+    assert "histogram_quantile(0.95" in rules["MasenetStreamLatencyP95"]["expr"]
     for rule in rules.values():
         assert rule["labels"]["severity"] in {"warning", "critical"}
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
@@ -153,6 +159,12 @@ def test_dashboard_covers_every_topic() -> None:
         "masenet_rejected_requests_total",
         "masenet_job_failures_total",
         "masenet_video_jobs_total",
+        "max by (status) (masenet_streams)",  # live streams by status
+        "sum by (outcome) (rate(masenet_stream_frames_total",
+        "histogram_quantile(0.5, sum by (le) (rate(masenet_stream_latency_seconds_bucket",
+        "histogram_quantile(0.95, sum by (le) (rate(masenet_stream_latency_seconds_bucket",
+        "masenet_stream_reconnects_total",
+        "masenet_streams_held",
     ):
         assert needle in exprs, f"no dashboard query uses {needle}"
 

@@ -4,8 +4,8 @@ The test starts `masenet serve` and `masenet worker` against the local Redis (ow
 cleaned up afterwards) with a tiny random-init checkpoint, and the `prometheus` binary (Debian package) with
 a 1 s scrape interval on both (`deploy/live_stack.py`, shared with the dashboard renderer). It sends traffic that
 produces every series the dashboard reads (successful and refused /detect requests, a Grad-CAM request, a frame
-that fails inside the worker, a 503 from /readyz while no worker is up), waits for the scrapes, then runs each
-panel's query through `/api/v1/query`.
+that fails inside the worker, a 503 from /readyz while no worker is up, a live stream on a fake MJPEG camera), waits
+for the scrapes, then runs each panel's query through `/api/v1/query`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from deploy.live_stack import LiveStack, live_stack
+from deploy.live_stack import LiveStack, live_stack, live_stream
 from tests.deploy.deploy_files import dashboard_queries
 from tools.launch import log_tails, wait_until
 from tools.traffic import png_bytes, random_checkpoint
@@ -42,6 +42,7 @@ GPU_ONLY_QUERIES = {
 @dataclass
 class Stack(LiveStack):
     statuses: dict[str, int] = field(default_factory=dict)
+    stream_state: dict[str, Any] = field(default_factory=dict)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 live_stack(work, REDIS_URL, prefix, random_checkpoint(work / "tiny.safetensors", imgsz=160))
             )
             stack = Stack(live.api_url, live.prometheus_url, live.logs, live.readyz_before_worker)
+            # Runs until the end of the module, so the stream's series keep changing while the queries run.
+            stream = running.enter_context(live_stream(stack.api_url))
+            stack.stream_state = stream.wait_processing()
             stack.statuses = send_traffic(stack)
             # Several scrapes after the traffic, so every rate() window holds a change.
             time.sleep(4)
@@ -102,6 +106,7 @@ def test_traffic_got_the_expected_answers(stack: Stack) -> None:
         assert statuses[name] == 200, f"{name}: {statuses}\n{stack.log_tail()}"
     assert statuses["garbage"] in {415, 422} and statuses["bad conf"] == 422, statuses
     assert statuses["truncated"] >= 400, statuses
+    assert stack.stream_state["status"] == "running" and stack.stream_state["frames_processed"] > 0, stack.stream_state
 
 
 def test_every_dashboard_query_returns_data(stack: Stack) -> None:

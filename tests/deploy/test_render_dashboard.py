@@ -13,7 +13,17 @@ from typing import Any
 
 from PIL import Image
 
-from deploy.render_dashboard import DASHBOARD, GPU_NOTE, format_value, legend, render, substitute
+from deploy.render_dashboard import (
+    DASHBOARD,
+    GPU_NOTE,
+    Frame,
+    format_value,
+    legend,
+    override_colors,
+    render,
+    stack_frames,
+    substitute,
+)
 from tests.deploy.deploy_files import dashboard_panels
 
 LABELS = {
@@ -23,6 +33,7 @@ LABELS = {
     "stage": "inference",
     "queue": "images",
     "reason": "media",
+    "outcome": "processed",
     "name": "masenet",
     "scale": "n",
     "device": "cpu",
@@ -78,3 +89,21 @@ def test_helpers() -> None:
     assert format_value(2500, "Bps") == "2.5 kB/s"
     assert format_value(math.nan, "short") == "-"
     assert "CUDA" in GPU_NOTE
+
+
+def test_stacked_series_add_up_over_the_union_of_their_times() -> None:
+    running = Frame("A", "running", {}, [0.0, 5.0, 10.0], [2.0, 2.0, 1.0])
+    failed = Frame("A", "failed", {}, [5.0, 10.0, 15.0], [1.0, math.nan, 3.0])
+    stacked = stack_frames([running, failed])
+    assert [frame.legend for frame in stacked] == ["running", "failed"]
+    assert stacked[0].times == stacked[1].times == [0.0, 5.0, 10.0, 15.0]
+    assert stacked[0].values == [2.0, 2.0, 1.0, 0.0]
+    assert stacked[1].values == [2.0, 3.0, 1.0, 3.0]
+
+
+def test_series_colours_come_from_the_overrides_by_name() -> None:
+    (streams,) = [panel for panel in dashboard_panels() if panel["title"] == "Streams by status"]
+    colors = override_colors(streams)
+    assert set(colors) == {"starting", "running", "reconnecting", "stopped", "failed"}
+    assert colors["failed"] == "#F2495C" and colors["running"] == "#73BF69"
+    assert override_colors({"fieldConfig": {"defaults": {}, "overrides": []}}) == {}
