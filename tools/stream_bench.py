@@ -34,8 +34,6 @@ STARTUP_TIMEOUT_S = 300.0
 RUNNING_TIMEOUT_S = 60.0
 POLL_S = 0.25
 READER_JOIN_S = 5.0
-READER_RETRY_S = 0.5
-SSE_READ_TIMEOUT_S = 30.0  # the API sends a keep-alive comment every 15 s on a quiet stream
 COLUMNS = (
     ("streams", 7),
     ("fps cap", 7),
@@ -229,43 +227,15 @@ def format_table(results: list[LevelResult], title: str) -> str:
 # ---------------------------------------------------------------------------------------------- events
 
 
-class SseParser:
-    """Server-sent events line by line: `feed` returns (event, data) when a blank line ends an event with data."""
-
-    def __init__(self) -> None:
-        self.last_id: str | None = None
-        self._event = "message"
-        self._data: list[str] = []
-
-    def feed(self, line: str) -> tuple[str, str] | None:
-        if not line:
-            event, data = self._event, self._data
-            self._event, self._data = "message", []
-            return (event, "\n".join(data)) if data else None
-        if line.startswith(":"):
-            return None
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "event":
-            self._event = value
-        elif name == "data":
-            self._data.append(value)
-        elif name == "id":
-            self.last_id = value
-        return None
-
-
 class EventReader:
-    """Follows one stream's events in a thread, keeping (arrived_at, captured_at) of every frame event; it ends
-    when the API ends the events (the stream stopped) or on `stop`, and reconnects with Last-Event-ID on errors."""
+    """Follows one stream's events in a thread (service.client, which resumes with Last-Event-ID after an error),
+    keeping (arrived_at, captured_at) of every frame event; it ends when the API ends the events (DELETE)."""
 
-    def __init__(self, events_url: str, headers: dict[str, str]) -> None:
-        self.events_url = events_url
-        self.headers = headers
+    def __init__(self, url: str, api_key: str | None, stream_id: str) -> None:
+        self.url, self.api_key, self.stream_id = url, api_key, stream_id
         self.arrivals: list[tuple[float, float]] = []
         self.errors: list[str] = []
         self.connected = threading.Event()
-        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sse-reader", daemon=True)
 
     def start(self) -> EventReader:
@@ -277,48 +247,29 @@ class EventReader:
         self._thread.join(timeout_s)
         return not self._thread.is_alive()
 
-    def stop(self, timeout_s: float = READER_JOIN_S) -> bool:
-        """Stop reading (a read in progress ends when the next line or the read timeout comes); whether it ended."""
-        self._stop.set()
-        return self.join(timeout_s)
-
     def _run(self) -> None:
-        import httpx
+        from jobs.streams import FrameEvent
+        from service.client import Client
 
-        parser = SseParser()
-        timeout = httpx.Timeout(10.0, read=SSE_READ_TIMEOUT_S)
-        with httpx.Client(timeout=timeout, headers=self.headers) as client:
-            while not self._stop.is_set():
-                headers = {"Last-Event-ID": parser.last_id} if parser.last_id else {}
-                try:
-                    with client.stream("GET", self.events_url, headers=headers) as response:
-                        response.raise_for_status()
-                        self.connected.set()
-                        for line in response.iter_lines():
-                            self._take(parser.feed(line))
-                            if self._stop.is_set():
-                                return
-                    return  # the API ended the events: the stream is over
-                except httpx.HTTPError as exc:
-                    self.errors.append(f"{type(exc).__name__}: {exc}")
-                    self._stop.wait(READER_RETRY_S)
-
-    def _take(self, event: tuple[str, str] | None) -> None:
-        if event is not None and event[0] == "frame":
-            arrived = time.time()
-            self.arrivals.append((arrived, float(json.loads(event[1])["captured_at"])))
+        try:
+            with Client(self.url, api_key=self.api_key) as client:
+                for event in client.events(self.stream_id):
+                    self.connected.set()
+                    if isinstance(event.data, FrameEvent):
+                        self.arrivals.append((time.time(), event.data.captured_at))
+        except Exception as exc:  # counted in the table's errors
+            self.errors.append(f"{type(exc).__name__}: {exc}")
 
 
 # ------------------------------------------------------------------------------------------- the run
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    import httpx
+    from service.client import Client
 
     levels = [int(value) for value in args.streams.split(",") if value.strip()]
     if not levels or min(levels) < 1 or args.workers < 1 or args.seconds <= 0 or args.fps <= 0:
         raise SystemExit("--streams needs counts of at least 1, --workers at least 1, --seconds and --fps above 0")
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     results: list[LevelResult] = []
     with contextlib.ExitStack() as resources:
         url = args.url
@@ -328,11 +279,11 @@ def run_bench(args: argparse.Namespace) -> int:
                 work_dir = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="masenet-bench-streams-")))
             work_dir.mkdir(parents=True, exist_ok=True)
             url = resources.enter_context(private_stack(args, work_dir, max(levels))).api_url
-        client = resources.enter_context(httpx.Client(base_url=url, headers=headers, timeout=30.0))
+        client = resources.enter_context(Client(url, api_key=args.api_key, timeout=30.0))
         title = describe_run(client, args)
         print("\n".join(format_table([], title).splitlines()[:2]), flush=True)  # the rows follow as they come
         for count in levels:
-            results.append(run_level(client, url, args, count, headers))
+            results.append(run_level(client, url, args, count))
             print(format_row(results[-1]), flush=True)
     print("\n" + format_table(results, title), flush=True)
     if args.json:
@@ -377,17 +328,15 @@ def private_stack(args: argparse.Namespace, work_dir: Path, most_streams: int) -
 
 def describe_run(client: Any, args: argparse.Namespace) -> str:
     """The table's title: the machine, the workers and the model they serve (GET /models)."""
-    models = client.get("/models")
-    models.raise_for_status()
     served = []
-    for model in models.json()["models"]:
-        scale = f"imgsz {args.imgsz}" if args.imgsz else f"pixel scale {model['pixel_scale']}"
-        if not args.imgsz and model["pixel_scale"] is None:
-            scale = f"imgsz {model['imgsz']}"
-        name = model["name"] if model["name"].endswith(model["scale"]) else f"{model['name']}-{model['scale']}"
+    for model in client.models().models:
+        scale = f"imgsz {args.imgsz}" if args.imgsz else f"pixel scale {model.pixel_scale}"
+        if not args.imgsz and model.pixel_scale is None:
+            scale = f"imgsz {model.imgsz}"
+        name = model.name if model.name.endswith(model.scale) else f"{model.name}-{model.scale}"
         served.append(
-            f"{name} ({model['runtime']}, {model['device']}, {model['dtype']}, {scale}, "
-            f"weights {model['weights_sha256'][:12]}) on {len(model['workers'])} worker(s)"
+            f"{name} ({model.runtime}, {model.device}, {model.dtype}, {scale}, "
+            f"weights {model.weights_sha256[:12]}) on {len(model.workers)} worker(s)"
         )
     where = args.url or "a private stack"
     return (
@@ -405,7 +354,7 @@ def open_camera(kind: str, fps: float, host: str) -> Any:
     return camera_class(CameraScene(), fps=fps, host=host)
 
 
-def run_level(client: Any, api_url: str, args: argparse.Namespace, count: int, headers: dict[str, str]) -> LevelResult:
+def run_level(client: Any, api_url: str, args: argparse.Namespace, count: int) -> LevelResult:
     """Start `count` cameras and streams, measure one window, then delete the streams and close the cameras."""
     with contextlib.ExitStack() as resources:
         cameras = [
@@ -414,17 +363,10 @@ def run_level(client: Any, api_url: str, args: argparse.Namespace, count: int, h
         stream_ids: list[str] = []
         readers: list[EventReader] = []
         resources.callback(stop_streams, client, stream_ids, readers)
-        body: dict[str, Any] = {"fps": args.fps}
-        if args.imgsz:
-            body["imgsz"] = args.imgsz
         for camera in cameras:
-            response = client.post("/streams", json={**body, "url": camera.url})
-            if response.status_code != 201:
-                raise SystemExit(f"POST /streams answered {response.status_code}: {response.text}")
-            accepted = response.json()
-            stream_ids.append(accepted["stream_id"])
-            events_url = f"{api_url.rstrip('/')}{accepted['events_url']}"
-            readers.append(EventReader(events_url, headers).start())
+            accepted = client.start_stream(camera.url, fps=args.fps, imgsz=args.imgsz or None)
+            stream_ids.append(accepted.stream_id)
+            readers.append(EventReader(api_url, args.api_key, accepted.stream_id).start())
         wait_running(client, stream_ids, RUNNING_TIMEOUT_S + 2.0 * count)
         for reader in readers:
             reader.connected.wait(10.0)
@@ -442,9 +384,7 @@ def run_level(client: Any, api_url: str, args: argparse.Namespace, count: int, h
 def read_all(client: Any, stream_ids: list[str]) -> list[Reading]:
     readings = []
     for stream_id in stream_ids:
-        response = client.get(f"/streams/{stream_id}")
-        response.raise_for_status()
-        readings.append(Reading.from_state(response.json(), time.monotonic()))
+        readings.append(Reading.from_state(client.stream(stream_id).model_dump(mode="json"), time.monotonic()))
     return readings
 
 
@@ -452,7 +392,7 @@ def wait_running(client: Any, stream_ids: list[str], timeout_s: float) -> None:
     """Until every stream is running; SystemExit naming the laggards' states when one fails or time is up."""
     deadline = time.monotonic() + timeout_s
     while True:
-        states = [client.get(f"/streams/{stream_id}").json() for stream_id in stream_ids]
+        states = [client.stream(stream_id).model_dump(mode="json") for stream_id in stream_ids]
         if all(state.get("status") == "running" for state in states):
             return
         failed = [state for state in states if state.get("status") == "failed"]
@@ -470,6 +410,6 @@ def stop_streams(client: Any, stream_ids: list[str], readers: list[EventReader])
     """DELETE every stream (their events end, and with them the readers), then stop the readers."""
     for stream_id in stream_ids:
         with contextlib.suppress(Exception):
-            client.delete(f"/streams/{stream_id}")
+            client.stop_stream(stream_id)
     for reader in readers:
-        reader.stop()
+        reader.join()

@@ -19,7 +19,6 @@ from tools.stream_bench import (
     EventReader,
     LevelResult,
     Reading,
-    SseParser,
     drop_rate,
     format_table,
     level_result,
@@ -64,14 +63,6 @@ def test_reading_takes_the_counters_and_the_workers_latency() -> None:
     assert Reading.from_state({**state, "latency_ms": None}, 3.0).worker_p50_ms is None
 
 
-def test_sse_parser_returns_events_with_data_and_keeps_the_last_id() -> None:
-    parser = SseParser()
-    lines = ["retry: 2000", "", ": keep-alive", "", "id: 17-0", "event: frame", 'data: {"a":', "data: 1}", ""]
-    events = [event for line in lines if (event := parser.feed(line)) is not None]
-    assert events == [("frame", '{"a":\n1}')] and parser.last_id == "17-0"
-    assert parser.feed("data:no space") is None and parser.feed("") == ("message", "no space")
-
-
 def table_row(text: str, streams: int) -> list[str]:
     return next(line.split() for line in text.splitlines() if line.split()[:1] == [str(streams)])
 
@@ -110,7 +101,10 @@ class _Events(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def event_server() -> Iterator[str]:
-    frames = [{"frame_index": index, "time_s": index / 5, "captured_at": 1000.0 + index} for index in range(3)]
+    frames = [
+        {"frame_index": index, "time_s": index / 5, "captured_at": 1000.0 + index, "detections": []}
+        for index in range(3)
+    ]
     chunks = ["retry: 2000\n\n", 'id: 1-0\nevent: status\ndata: {"status": "running"}\n\n']
     chunks += [f"id: {index + 2}-0\nevent: frame\ndata: {json.dumps(frame)}\n\n" for index, frame in enumerate(frames)]
     _Events.body = "".join(chunks).encode()
@@ -118,14 +112,14 @@ def event_server() -> Iterator[str]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/streams/x/events"
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
 
 
 def test_event_reader_keeps_the_capture_time_of_each_frame_event_until_the_events_end(event_server: str) -> None:
-    reader = EventReader(event_server, {}).start()
+    reader = EventReader(event_server, None, "x").start()
     assert reader.join(timeout_s=10.0)  # the server closes the events after the last one: the reader ends by itself
     assert reader.connected.is_set() and reader.errors == []
     assert [captured for _, captured in reader.arrivals] == [1000.0, 1001.0, 1002.0]
