@@ -193,7 +193,7 @@ class Client:
         self,
         url: str,
         api_key: str | None = None,
-        timeout: float = 60.0,
+        timeout: float | httpx.Timeout = 60.0,
         retries: int = 3,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
@@ -357,7 +357,7 @@ class AsyncClient:
         self,
         url: str,
         api_key: str | None = None,
-        timeout: float = 60.0,
+        timeout: float | httpx.Timeout = 60.0,
         retries: int = 3,
         limits: httpx.Limits | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -397,18 +397,29 @@ class AsyncClient:
         files = [image_part(image, position) for position, image in enumerate(batch)]
         return parsed(await self.request("POST", "/detect", params=query(**params), files=files), DetectResponse)
 
-    async def submit_video(self, path: str | Path, **params: Any) -> JobAccepted:
-        path = Path(path)
-        data = path.read_bytes()
-        files = {"video": (path.name, data, "application/octet-stream")}
+    async def submit_video(self, video: str | Path | tuple[str, bytes], **params: Any) -> JobAccepted:
+        """Upload a video from a path (read in a thread) or as (filename, bytes)."""
+        if isinstance(video, tuple):
+            name, data = video
+        else:
+            name, data = Path(video).name, await asyncio.to_thread(Path(video).read_bytes)
+        files = {"video": (name, data, "application/octet-stream")}
         return parsed(await self.request("POST", "/jobs", params=query(**params), files=files), JobAccepted)
+
+    async def ready(self) -> ReadyResponse:
+        return parsed(await self.request("GET", "/readyz"), ReadyResponse)
 
     async def job(self, job_id: str) -> JobState:
         return parsed(await self.request("GET", f"/jobs/{job_id}"), JobState)
 
     async def wait(
-        self, job_id: str, progress: Callable[[JobState], None] | None = None, poll_s: float = 0.5
+        self,
+        job_id: str,
+        progress: Callable[[JobState], None] | None = None,
+        poll_s: float = 0.5,
+        timeout_s: float | None = None,
     ) -> JobState:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             state = await self.job(job_id)
             if progress is not None:
@@ -417,6 +428,8 @@ class AsyncClient:
                 return state
             if state.status.final:
                 raise JobFailed(state)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {state.status.value} after {timeout_s:g} s")
             await asyncio.sleep(poll_s)
 
     async def result(self, job_id: str) -> VideoJobResult:

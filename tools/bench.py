@@ -1,6 +1,6 @@
 """`masenet bench service`: drive POST /detect at several concurrencies and compare with the bare model.
 
-For each concurrency, N requests (one frame each) go through an asyncio httpx client; the table shows
+For each concurrency, N requests (one frame each) go through `service.client.AsyncClient`; the table shows
 throughput, latency percentiles and the mean batch size the worker formed (from its `masenet_batch_size`
 histogram, read before and after). The bare model's throughput is the eager torch forward of the same network on
 the same frames, resized as the service resizes them, MAX_BATCH frames a pass, in this process (BareModel),
@@ -129,31 +129,32 @@ def read_batch_histogram(metrics_url: str | None) -> tuple[float, float] | None:
 async def drive(
     url: str, payloads: list[bytes], concurrency: int, requests: int, imgsz: int | None, headers: dict[str, str]
 ) -> tuple[float, list[float], int]:
-    """Send `requests` single-image requests with `concurrency` in flight; (seconds, latencies ms, errors)."""
+    """Send `requests` single-image requests with `concurrency` in flight; (seconds, latencies ms, errors).
+
+    No retries: a refusal (503 queue full, 429) counts as an error, as does a request that got no answer."""
     import httpx
+
+    from service.client import ApiError, AsyncClient
 
     latencies: list[float] = []
     errors = 0
     counter = iter(range(requests))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-    async def client_loop(client: httpx.AsyncClient) -> None:
+    async def client_loop(client: AsyncClient) -> None:
         nonlocal errors
         for index in counter:
-            files = [("image", (f"frame{index}.png", payloads[index % len(payloads)], "image/png"))]
+            image = (f"frame{index}.png", payloads[index % len(payloads)])
             start = time.perf_counter()
             try:
-                params = {"imgsz": imgsz} if imgsz else {}
-                response = await client.post(f"{url}/detect", params=params, files=files)
-                ok = response.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            if ok:
-                latencies.append((time.perf_counter() - start) * 1000.0)
-            else:
+                await client.detect(image, imgsz=imgsz or None)
+            except (ApiError, httpx.HTTPError):
                 errors += 1
+            else:
+                latencies.append((time.perf_counter() - start) * 1000.0)
 
-    async with httpx.AsyncClient(timeout=120.0, limits=limits, headers=headers) as client:
+    async with AsyncClient(url, timeout=120.0, retries=0, limits=limits) as client:
+        client.http.headers.update(headers)  # the bearer key, as `masenet bench service --api-key` builds it
         start = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
         seconds = time.perf_counter() - start

@@ -1,8 +1,9 @@
 """`masenet bench load`: a mixed workload for a set time, optionally killing workers along the way.
 
-Clients (asyncio, httpx) send single-image, multi-image and Grad-CAM requests to POST /detect, each picked by
-weight, while video jobs run through POST /jobs (a video counts as one request, from the POST until its
-status is finished, failed or canceled; a finished one must also answer GET /jobs/{id}/result with 200).
+Clients (asyncio, `service.client.AsyncClient` without retries) send single-image, multi-image and Grad-CAM
+requests to POST /detect, each picked by weight, while video jobs run through POST /jobs (a video counts as one
+request, from the POST until its status is finished, failed or canceled; a finished one must also answer
+GET /jobs/{id}/result with 200).
 After --duration no new work is sent and the run drains: image requests end with their answer or their
 client timeout, video jobs with a final status or the drain timeout.
 
@@ -29,7 +30,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tools.load_report import (
     IMAGE_KINDS,
@@ -41,8 +42,10 @@ from tools.load_report import (
     format_failures,
     format_kills,
     format_table,
-    response_detail,
 )
+
+if TYPE_CHECKING:
+    from service.client import AsyncClient
 
 DEFAULT_MIX = "single=6,multi=2,gradcam=1,video=1"
 MULTI_IMAGES = 4
@@ -52,7 +55,6 @@ PROGRESS_S = 10.0
 POLL_S = 0.5
 CLIP_FPS = 25.0
 READY_WATCH_S = 300.0
-FINAL_VIDEO_STATUSES = ("finished", "failed", "canceled")
 
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
@@ -125,29 +127,31 @@ class LoadRun:
 # ------------------------------------------------------------------------------------------- clients
 
 
-async def send_detect(client: Any, kind: str, payloads: list[bytes], imgsz: int, rng: random.Random) -> Outcome:
+async def send_detect(client: AsyncClient, kind: str, payloads: list[bytes], imgsz: int, rng: random.Random) -> Outcome:
     import httpx
 
+    from service.client import ApiError
+
     count = MULTI_IMAGES if kind == "multi" else 1
-    files = [("image", (f"{kind}-{index}.png", rng.choice(payloads), "image/png")) for index in range(count)]
-    params: dict[str, Any] = {"imgsz": imgsz, "gradcam": kind == "gradcam"}
+    images = [(f"{kind}-{index}.png", rng.choice(payloads)) for index in range(count)]
     started = time.perf_counter()
     try:
-        response = await client.post("/detect", params=params, files=files)
+        answer = await client.detect(images, imgsz=imgsz, gradcam=kind == "gradcam")
     except httpx.HTTPError as exc:
         label, unanswered = exception_label(exc)
         return Outcome(kind, time.perf_counter() - started, label, unanswered, f"{type(exc).__name__}: {exc}")
+    except ApiError as exc:
+        return Outcome(kind, time.perf_counter() - started, error_label(exc.status_code, exc.detail), detail=exc.detail)
     seconds = time.perf_counter() - started
-    if response.status_code != 200:
-        detail = response_detail(response)
-        return Outcome(kind, seconds, error_label(response.status_code, detail), detail=detail)
-    results = response.json().get("results", [])
-    if len(results) != count or (kind == "gradcam" and not all(result.get("gradcam") for result in results)):
+    results = answer.results
+    if len(results) != count or (kind == "gradcam" and not all(result.gradcam for result in results)):
         return Outcome(kind, seconds, "200 incomplete results", detail=f"{len(results)} results for {count} images")
     return Outcome(kind, seconds)
 
 
-async def image_client(client: Any, run: LoadRun, mix: dict[str, int], payloads: list[bytes], imgsz: int, seed: int):
+async def image_client(
+    client: AsyncClient, run: LoadRun, mix: dict[str, int], payloads: list[bytes], imgsz: int, seed: int
+) -> None:
     rng = random.Random(seed)
     kinds = [kind for kind in IMAGE_KINDS if mix[kind]]
     weights = [mix[kind] for kind in kinds]
@@ -160,49 +164,55 @@ async def image_client(client: Any, run: LoadRun, mix: dict[str, int], payloads:
             run.in_flight[kind] -= 1
 
 
-async def video_job(client: Any, clip: bytes, imgsz: int, deadline: float) -> Outcome:
+async def video_job(client: AsyncClient, clip: Path, imgsz: int, deadline: float) -> Outcome:
     """POST /jobs, poll until a final status (or `deadline`), read the result, then delete the job."""
     import httpx
 
+    from jobs.video import JobState, VideoStatus
+    from service.client import ApiError
+
     started = time.perf_counter()
     try:
-        response = await client.post(
-            "/jobs", params={"imgsz": imgsz, "track": True}, files={"video": ("clip.mp4", clip, "video/mp4")}
-        )
+        accepted = await client.submit_video(clip, imgsz=imgsz, track=True)
     except httpx.HTTPError as exc:
         label, unanswered = exception_label(exc)
         return Outcome("video", time.perf_counter() - started, label, unanswered, f"{type(exc).__name__}: {exc}")
-    if response.status_code != 202:
-        detail = response_detail(response)
-        return Outcome("video", time.perf_counter() - started, error_label(response.status_code, detail), detail=detail)
-    job_id = response.json()["job_id"]
+    except ApiError as exc:
+        label = error_label(exc.status_code, exc.detail)
+        return Outcome("video", time.perf_counter() - started, label, detail=exc.detail)
+    job_id = accepted.job_id
     try:
-        state: dict[str, Any] = {"status": "queued"}
-        while state["status"] not in FINAL_VIDEO_STATUSES:
+        state: JobState | None = None
+        while state is None or not state.status.final:
             if time.monotonic() > deadline:
-                detail = f"job {job_id} still {state['status']} at the end of the drain"
+                status = state.status.value if state is not None else VideoStatus.QUEUED.value
+                detail = f"job {job_id} still {status} at the end of the drain"
                 return Outcome("video", time.perf_counter() - started, "video never ended", True, detail)
             await asyncio.sleep(POLL_S)
-            with contextlib.suppress(httpx.HTTPError):  # a poll that fails is retried; only the deadline ends it
-                polled = await client.get(f"/jobs/{job_id}")
-                if polled.status_code == 404:
-                    return Outcome("video", time.perf_counter() - started, "404 video job lost", detail=polled.text)
-                if polled.status_code == 200:
-                    state = polled.json()
+            try:  # a poll that fails is retried; only the deadline ends it
+                state = await client.job(job_id)
+            except ApiError as exc:
+                if exc.status_code == 404:
+                    return Outcome("video", time.perf_counter() - started, "404 video job lost", detail=exc.detail)
+            except httpx.HTTPError:
+                pass
         seconds = time.perf_counter() - started
-        if state["status"] != "finished":
-            return Outcome("video", seconds, f"video {state['status']}", detail=f"job {job_id}: {state.get('error')}")
-        result = await client.get(f"/jobs/{job_id}/result")
-        if result.status_code != 200:
-            detail = response_detail(result)
-            return Outcome("video", seconds, "result " + error_label(result.status_code, detail), detail=detail)
+        if state.status != VideoStatus.FINISHED:
+            return Outcome("video", seconds, f"video {state.status.value}", detail=f"job {job_id}: {state.error}")
+        try:
+            await client.result(job_id)
+        except ApiError as exc:
+            return Outcome("video", seconds, "result " + error_label(exc.status_code, exc.detail), detail=exc.detail)
+        except httpx.HTTPError as exc:
+            label, unanswered = exception_label(exc)
+            return Outcome("video", seconds, "result " + label, unanswered, f"{type(exc).__name__}: {exc}")
         return Outcome("video", seconds)
     finally:
-        with contextlib.suppress(httpx.HTTPError):
-            await client.delete(f"/jobs/{job_id}")  # cancels a stuck job and frees its storage either way
+        with contextlib.suppress(httpx.HTTPError, ApiError):
+            await client.cancel(job_id)  # cancels a stuck job and frees its storage either way
 
 
-async def video_client(client: Any, run: LoadRun, clip: bytes, imgsz: int, deadline: float) -> None:
+async def video_client(client: AsyncClient, run: LoadRun, clip: Path, imgsz: int, deadline: float) -> None:
     while run.sending():
         run.in_flight["video"] += 1
         try:
@@ -239,16 +249,17 @@ class WorkerKiller:
         self.started = len(stack.workers)
         self.watchers: list[asyncio.Task] = []
 
-    async def ready_workers(self, client: Any) -> list[str]:
+    async def ready_workers(self, client: AsyncClient) -> list[str]:
+        """Workers with a loaded model; none while the service is not ready (503) or does not answer."""
         import httpx
 
-        with contextlib.suppress(httpx.HTTPError, ValueError):
-            response = await client.get("/readyz")
-            if response.status_code == 200:
-                return list(response.json().get("workers", []))
+        from service.client import ApiError
+
+        with contextlib.suppress(httpx.HTTPError, ApiError, ValueError):
+            return (await client.ready()).workers
         return []
 
-    async def run(self, client: Any, run: LoadRun) -> None:
+    async def run(self, client: AsyncClient, run: LoadRun) -> None:
         next_at = run.started + self.every_s
         while next_at < run.stop_at:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
@@ -271,7 +282,7 @@ class WorkerKiller:
             print(f"[{kill.at_s:6.1f} s] SIGKILL {victim} (pid {process.pid}); started {replacement}", flush=True)
             self.watchers.append(asyncio.create_task(self.watch_ready(client, run, kill)))
 
-    async def watch_ready(self, client: Any, run: LoadRun, kill: Kill) -> None:
+    async def watch_ready(self, client: AsyncClient, run: LoadRun, kill: Kill) -> None:
         deadline = time.monotonic() + READY_WATCH_S
         while time.monotonic() < deadline:
             if kill.replacement in await self.ready_workers(client):
@@ -315,17 +326,19 @@ async def drive(
     args: argparse.Namespace,
     mix: dict[str, int],
     payloads: list[bytes],
-    clip: bytes,
+    clip: Path | None,
     killer: WorkerKiller | None,
 ) -> tuple[LoadRun, float]:
     """Run the load for args.duration, drain, and return the run and its wall-clock seconds."""
     import httpx
 
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    from service.client import AsyncClient
+
     connections = args.concurrency + 2 * mix["video"] + 4
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    # retries=0: every 503 and 429 is an answer to count, not something to wait out
     timeout = httpx.Timeout(args.request_timeout, connect=10.0, pool=None)
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout, limits=limits) as client:
+    async with AsyncClient(url, api_key=args.api_key, timeout=timeout, retries=0, limits=limits) as client:
         started = time.monotonic()
         run = LoadRun(started=started, stop_at=started + args.duration)
         video_deadline = run.stop_at + args.drain_timeout
@@ -333,7 +346,8 @@ async def drive(
             image_client(client, run, mix, payloads, args.imgsz, args.seed * 1000 + index)
             for index in range(args.concurrency)
         ]
-        clients += [video_client(client, run, clip, args.imgsz, video_deadline) for _ in range(mix["video"])]
+        if clip is not None:
+            clients += [video_client(client, run, clip, args.imgsz, video_deadline) for _ in range(mix["video"])]
         helpers = [asyncio.create_task(progress(run))]
         if killer is not None:
             helpers.append(asyncio.create_task(killer.run(client, run)))
@@ -371,11 +385,7 @@ def run_bench(args: argparse.Namespace) -> int:
             if work_dir is None:
                 work_dir = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="masenet-bench-load-")))
             work_dir.mkdir(parents=True, exist_ok=True)
-            clip = (
-                synthetic_clip(work_dir, args.clip_seconds, width, height, CLIP_FPS).read_bytes()
-                if mix["video"]
-                else b""
-            )
+            clip = synthetic_clip(work_dir, args.clip_seconds, width, height, CLIP_FPS) if mix["video"] else None
             url, killer = args.url, None
             if url is None:
                 url, killer = start_stack(args, work_dir, resources)

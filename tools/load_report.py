@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 IMAGE_KINDS = ("single", "multi", "gradcam")
 KINDS = (*IMAGE_KINDS, "video")
@@ -56,14 +55,6 @@ def exception_label(exc: BaseException) -> tuple[str, bool]:
     if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
         return "connection dropped", True
     return "connection error", False  # connect, write or pool errors: the request was never accepted
-
-
-def response_detail(response: Any) -> str:
-    try:
-        detail = response.json().get("detail", "")
-    except ValueError:
-        detail = response.text
-    return detail if isinstance(detail, str) else str(detail)
 
 
 def format_table(outcomes: list[Outcome], seconds: float) -> str:

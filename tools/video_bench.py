@@ -2,9 +2,10 @@
 
 For each worker count the benchmark starts a private stack (redis-server on a free port unless
 --redis-url is given, N `masenet worker` processes, one `masenet serve`), submits the clip through
-`POST /jobs` and polls until it finishes. Throughput is processed frames / (ended_at - started_at) of the
-job. Before the video, it measures `/detect` latency on an idle service; while the video runs, it
-measures it again (sequential requests, one frame each). The bar: p95 while a video runs <= 2x idle.
+`POST /jobs` with `service.client.Client` and polls until it finishes. Throughput is processed frames /
+(ended_at - started_at) of the job. Before the video, it measures `/detect` latency on an idle service; while
+the video runs, it measures it again (sequential requests, one frame each). The bar: p95 while a video runs
+<= 2x idle.
 
 Each worker gets cpu_count // workers intra-op threads so that runs with more workers do not
 oversubscribe the cores. Nothing heavy is imported at module level.
@@ -20,10 +21,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from jobs.store import JobStorage
 from tools.launch import Stack
+
+if TYPE_CHECKING:
+    from service.client import Client
 
 STARTUP_TIMEOUT_S = 180.0
 POLL_S = 0.5
@@ -128,14 +132,11 @@ def service_stack(args: argparse.Namespace, work_dir: Path, weights: Path, worke
 # ------------------------------------------------------------------------------------------- measure
 
 
-def timed_detects(client: Any, api_url: str, frame_png: bytes, count: int, imgsz: int) -> list[float]:
+def timed_detects(client: Client, frame_png: bytes, count: int, imgsz: int) -> list[float]:
     latencies = []
     for _ in range(count):
         started = time.perf_counter()
-        response = client.post(
-            f"{api_url}/detect", params={"imgsz": imgsz}, files={"image": ("frame.png", frame_png, "image/png")}
-        )
-        response.raise_for_status()
+        client.detect(("frame.png", frame_png), imgsz=imgsz)
         latencies.append((time.perf_counter() - started) * 1000.0)
     return latencies
 
@@ -143,29 +144,27 @@ def timed_detects(client: Any, api_url: str, frame_png: bytes, count: int, imgsz
 def measure(
     api_url: str, storage: JobStorage, clip: Path, frame_png: bytes, workers: int, args: argparse.Namespace
 ) -> RunResult:
-    import httpx
+    from jobs.video import VideoStatus
+    from service.client import Client, JobFailed
 
-    with httpx.Client(timeout=120.0) as client:
-        timed_detects(client, api_url, frame_png, 3, args.imgsz)  # warm-up
-        idle = timed_detects(client, api_url, frame_png, args.detect_requests, args.imgsz)
-        with open(clip, "rb") as handle:
-            response = client.post(
-                f"{api_url}/jobs",
-                params={"imgsz": args.imgsz, "frame_stride": args.frame_stride, "track": True, "annotate": False},
-                files={"video": (clip.name, handle, "video/mp4")},
-            )
-        response.raise_for_status()
-        status_url = f"{api_url}{response.json()['status_url']}"
-        state = wait_for(client, status_url, lambda state: state["status"] != "queued")
-        busy = timed_detects(client, api_url, frame_png, args.detect_requests, args.imgsz)
-        ran_throughout = client.get(status_url).json()["status"] == "started"
-        state = wait_for(client, status_url, lambda state: state["status"] in ("finished", "failed", "canceled"))
-        if state["status"] != "finished":
-            raise SystemExit(f"the video job ended {state['status']}: {state['error']}")
-        chunk_files = sorted(storage.job_dir(response.json()["job_id"]).glob("chunks/*.json"))
+    with Client(api_url, timeout=120.0, retries=0) as client:  # no retries: a refusal ends the run
+        timed_detects(client, frame_png, 3, args.imgsz)  # warm-up
+        idle = timed_detects(client, frame_png, args.detect_requests, args.imgsz)
+        job_id = client.submit_video(
+            clip, imgsz=args.imgsz, frame_stride=args.frame_stride, track=True, annotate=False
+        ).job_id
+        while client.job(job_id).status == VideoStatus.QUEUED:
+            time.sleep(POLL_S)
+        busy = timed_detects(client, frame_png, args.detect_requests, args.imgsz)
+        ran_throughout = client.job(job_id).status == VideoStatus.STARTED
+        try:
+            state = client.wait(job_id, poll_s=POLL_S)
+        except JobFailed as exc:
+            raise SystemExit(f"the video job ended {exc.state.status.value}: {exc.state.error}") from exc
+        chunk_files = sorted(storage.job_dir(job_id).glob("chunks/*.json"))
         workers_of_chunks = [storage.read_chunk(path.parent.parent.name, int(path.stem)).worker for path in chunk_files]
-    seconds = parse_time(state["ended_at"]) - parse_time(state["started_at"])
-    frames = state["progress"]["frames_total"]
+    seconds = parse_time(state.ended_at) - parse_time(state.started_at)
+    frames = state.progress.frames_total
     per_worker: dict[str, int] = {}
     for name in workers_of_chunks:
         per_worker[name] = per_worker.get(name, 0) + 1
@@ -179,14 +178,6 @@ def measure(
         busy_ms=busy,
         video_ran_throughout=ran_throughout,
     )
-
-
-def wait_for(client: Any, status_url: str, done: Any) -> dict[str, Any]:
-    while True:
-        state = client.get(status_url).json()
-        if done(state):
-            return state
-        time.sleep(POLL_S)
 
 
 def parse_time(value: str) -> float:
