@@ -3,11 +3,15 @@
 # lint, tests. Arguments go to one pytest run (for example `bash scripts/test.sh tests/model -k nms`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v promtool >/dev/null || ! command -v redis-server >/dev/null; then
+# Debian packages: promtool and a Prometheus (deploy tests), redis-server (restart tests), and headless Chromium
+# with its driver (the web console's browser test).
+if ! command -v promtool >/dev/null || ! command -v redis-server >/dev/null || ! command -v chromium >/dev/null \
+  || ! command -v chromedriver >/dev/null; then
+  packages=(prometheus redis-server chromium chromium-driver)
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus redis-server >/dev/null
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
   else
-    sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends prometheus redis-server >/dev/null
+    sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
   fi
 fi
 bash scripts/setup.sh

@@ -21,7 +21,7 @@ from jobs.settings import Settings, get_settings
 from service.errors import ClientGone, ServiceError
 from service.metrics import ApiMetrics, HttpMetricsMiddleware
 from service.queueing import JobBroker
-from service.routes import detect, health, jobs, metrics, models, streams
+from service.routes import console, detect, health, jobs, metrics, models, streams
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = api_metrics
     app.state.broker = broker
-    for router in (detect.router, jobs.router, streams.router, models.router, health.router, metrics.router):
+    routers = (detect.router, jobs.router, streams.router, models.router, health.router, metrics.router, console.router)
+    for router in routers:
         app.include_router(router)
     app.add_exception_handler(ServiceError, _service_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)

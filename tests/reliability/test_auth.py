@@ -2,7 +2,8 @@
 
 Routes are enumerated from the app itself, so a route added later is covered without touching this test.
 Open by design: /healthz and /readyz (probes carry no key), /metrics (the scraper), and the OpenAPI
-documents (/docs, /redoc, /openapi.json: they describe the API and expose no data).
+documents (/docs, /redoc, /openapi.json: they describe the API and expose no data), and the web console's
+page and assets (/, /console/{name}: static files; the data routes they call carry the auth).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tests.service.helpers import make_settings, new_prefix
 
 KEY = "reliability-test-key"
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+OPEN_PATHS |= {"/", "/console/{name}"}  # the web console: static files, no data
 PATH_PARAMETER = re.compile(r"\{[^}]+\}")
 
 
