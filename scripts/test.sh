@@ -3,11 +3,16 @@
 # lint, tests. Arguments go to one pytest run (for example `bash scripts/test.sh tests/model -k nms`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Debian packages: promtool and a Prometheus (deploy tests), redis-server (restart tests), and headless Chromium
-# with its driver (the web console's browser test).
-if ! command -v promtool >/dev/null || ! command -v redis-server >/dev/null || ! command -v chromium >/dev/null \
-  || ! command -v chromedriver >/dev/null; then
-  packages=(prometheus redis-server chromium chromium-driver)
+# Debian packages: promtool and a Prometheus (deploy tests), redis-server (restart tests), headless Chromium with
+# its driver (the web console's browser test) and kubectl, whose kustomize renders deploy/k8s (any kubectl will do:
+# Debian's kubernetes-client is installed only when none is on PATH).
+packages=()
+command -v promtool >/dev/null || packages+=(prometheus)
+command -v redis-server >/dev/null || packages+=(redis-server)
+command -v chromium >/dev/null || packages+=(chromium)
+command -v chromedriver >/dev/null || packages+=(chromium-driver)
+command -v kubectl >/dev/null || packages+=(kubernetes-client)
+if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
   else
