@@ -195,6 +195,15 @@ def test_events_follow_the_targets_with_stable_track_ids(api: httpx.Client, came
     assert api.delete(f"/streams/{stream_id}").json()["status"] == "stopped"
 
 
+def test_streams_spread_over_the_workers(api: httpx.Client, workers: list[WorkerProcess]) -> None:
+    with MjpegCamera(CameraScene(), fps=10) as first, MjpegCamera(CameraScene(), fps=10) as second:
+        streams = [start(api, first.url), start(api, second.url)]
+        holders = [wait_for(api, stream_id, lambda s: s["status"] == "running")["worker"] for stream_id in streams]
+        assert sorted(holders) == sorted(worker.name for worker in workers), "both streams went to one worker"
+        for stream_id in streams:
+            api.delete(f"/streams/{stream_id}")
+
+
 def test_rtsp_credentials_are_used_and_never_shown(api: httpx.Client) -> None:
     with RtspCamera(CameraScene(), fps=10, credentials=("viewer", "s3cret-pw")) as camera:
         host = camera.url.split("://", 1)[1]
