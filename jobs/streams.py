@@ -7,16 +7,13 @@ API relays as server-sent events (see `jobs.stream_store` for the keys).
 
 from __future__ import annotations
 
-import re
-import uuid
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.contracts import InferenceParams
-from jobs.video import TrackedDetection
+from jobs.video import JOB_ID_PATTERN, TrackedDetection, new_job_id
 
-STREAM_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 MAX_STREAM_FPS = 60.0
 
 
@@ -25,11 +22,13 @@ class InvalidStreamIdError(ValueError):
 
 
 def new_stream_id() -> str:
-    return uuid.uuid4().hex
+    """A fresh stream id: made like a job id (32 lowercase hex digits of a random UUID4)."""
+    return new_job_id()
 
 
 def validate_stream_id(stream_id: str) -> str:
-    if not isinstance(stream_id, str) or STREAM_ID_PATTERN.fullmatch(stream_id) is None:
+    """Return the id unchanged if the server could have made it; raise InvalidStreamIdError otherwise."""
+    if not isinstance(stream_id, str) or JOB_ID_PATTERN.fullmatch(stream_id) is None:
         raise InvalidStreamIdError("unknown stream id")
     return stream_id
 
