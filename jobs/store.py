@@ -354,6 +354,8 @@ class VideoJobStore:
                     job.cancel()
             except (NoSuchJobError, InvalidJobOperation):
                 continue
+            except ValueError:  # rq: a worker took the job between the status read and the cancel (its execution
+                continue  # record went as rq looked it up); the canceled flag stops that chunk at its next batch
         self.expire_rq_keys(state)
         self.storage.remove(job_id)
         return True
