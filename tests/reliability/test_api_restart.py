@@ -7,7 +7,6 @@ in the middle of the job, then started again on the same port.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import httpx
 import pytest
 import redis
 
-from tests.service.helpers import REDIS_URL, ApiProcess, WorkerProcess, new_prefix
+from tests.service.helpers import ApiProcess, served
 from tests.synthetic_video import write_test_video
 
 pytestmark = pytest.mark.slow
@@ -28,24 +27,14 @@ JOB_TIMEOUT_S = 300.0
 
 @pytest.fixture
 def stack(tiny_checkpoint: Path, redis_client: redis.Redis, tmp_path: Path) -> Iterator[tuple[ApiProcess, Path]]:
-    prefix = new_prefix()
-    storage = tmp_path / "storage"
     env = {
-        **os.environ,
-        "MASENET_REDIS_URL": REDIS_URL,
-        "MASENET_QUEUE_PREFIX": prefix,
-        "MASENET_STORAGE": str(storage),
+        "MASENET_STORAGE": str(tmp_path / "storage"),
         "MASENET_VIDEO_CHUNK_FRAMES": str(CHUNK_FRAMES),
         "MASENET_IMGSZ": "64",
+        "MASENET_MAX_BATCH": "4",
     }
-    worker = WorkerProcess(prefix, tiny_checkpoint, tmp_path / "worker.log", **env, MASENET_MAX_BATCH="4")
-    api = ApiProcess(env, tmp_path / "api.log")
-    try:
-        worker.start().wait_for(redis_client, "ready")
-        yield api.start(), tmp_path
-    finally:
-        api.stop()
-        worker.stop()
+    with served(tiny_checkpoint, tmp_path, redis_client, **env) as stack:
+        yield stack.api, tmp_path
 
 
 def status_of(api: ApiProcess, job_id: str) -> dict:

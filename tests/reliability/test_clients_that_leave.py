@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -20,7 +19,7 @@ import pytest
 import redis
 from rq import Queue
 
-from tests.service.helpers import REDIS_URL, ApiProcess, WorkerProcess, metric_value, new_prefix
+from tests.service.helpers import ApiProcess, metric_value, served
 from tools.traffic import encode_png, synthetic_frames
 
 pytestmark = pytest.mark.slow
@@ -31,16 +30,8 @@ SIDE = 640  # each image is served at imgsz 640: about a tenth of a second of CP
 
 @pytest.fixture
 def stack(tiny_checkpoint: Path, redis_client: redis.Redis, tmp_path: Path) -> Iterator[tuple[ApiProcess, str]]:
-    prefix = new_prefix()
-    env = {**os.environ, "MASENET_REDIS_URL": REDIS_URL, "MASENET_QUEUE_PREFIX": prefix, "MASENET_IMGSZ": "64"}
-    worker = WorkerProcess(prefix, tiny_checkpoint, tmp_path / "worker.log", **env, MASENET_MAX_BATCH="4")
-    api = ApiProcess(env, tmp_path / "api.log")
-    try:
-        worker.start().wait_for(redis_client, "ready")
-        yield api.start(), prefix
-    finally:
-        api.stop()
-        worker.stop()
+    with served(tiny_checkpoint, tmp_path, redis_client, MASENET_IMGSZ="64", MASENET_MAX_BATCH="4") as stack:
+        yield stack.api, stack.prefix
 
 
 def metrics(api: ApiProcess) -> str:

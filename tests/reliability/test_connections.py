@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis
 
-from tests.service.helpers import REDIS_URL, ApiProcess, WorkerProcess, new_prefix
+from tests.service.helpers import REDIS_URL, ApiProcess, new_prefix, served
 from tools.traffic import encode_png, synthetic_frames
 
 pytestmark = pytest.mark.slow
@@ -91,13 +91,8 @@ def test_half_sent_headers_and_silent_connections_are_closed(api: ApiProcess) ->
 def test_sigterm_drains_then_exits_without_losing_the_request_in_flight(
     tiny_checkpoint: Path, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    prefix = new_prefix()
-    env = environment(prefix, MASENET_IMGSZ="64", MASENET_DRAIN_S="2")
-    worker = WorkerProcess(prefix, tiny_checkpoint, tmp_path / "worker.log", **env)
-    api = ApiProcess(env, tmp_path / "api.log")
-    try:
-        worker.start().wait_for(redis_client, "ready")
-        api.start()
+    with served(tiny_checkpoint, tmp_path, redis_client, MASENET_IMGSZ="64", MASENET_DRAIN_S="2") as stack:
+        api = stack.api
         image = encode_png(synthetic_frames(640, 512, count=1)[0])
         files = [("image", (f"f{index}.png", image, "image/png")) for index in range(16)]
         answers: list[int] = []
@@ -119,6 +114,3 @@ def test_sigterm_drains_then_exits_without_losing_the_request_in_flight(
         # uvicorn re-raises the signal it handled once it has stopped, so the exit says "terminated by SIGTERM"
         assert api.process.wait(timeout=30) in (0, -signal.SIGTERM)
         assert "finishing the requests in flight" in api.log_path.read_text()
-    finally:
-        api.stop()
-        worker.stop()

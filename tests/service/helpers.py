@@ -10,6 +10,7 @@ test module uses its own queue prefix and the database is flushed when the modul
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -17,6 +18,8 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -26,7 +29,17 @@ from jobs.settings import Settings
 from tools.launch import child_env, free_port, log_tail, masenet_command, spawn, stop_process, wait_until_healthy
 from tools.traffic import png_bytes
 
-__all__ = ["ApiProcess", "WorkerProcess", "decode_png", "make_settings", "metric_value", "new_prefix", "png_bytes"]
+__all__ = [
+    "ApiProcess",
+    "Served",
+    "WorkerProcess",
+    "decode_png",
+    "make_settings",
+    "metric_value",
+    "new_prefix",
+    "png_bytes",
+    "served",
+]
 
 REDIS_URL = os.environ.get("MASENET_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 WORKER_START_TIMEOUT_S = 180.0
@@ -143,3 +156,40 @@ class ApiProcess:
     def stop(self) -> None:
         if self.process is not None:
             stop_process(self.process, grace_s=15)
+
+
+@dataclass
+class Served:
+    """What `served` started: the API, the workers (a test may replace one in the list) and their queue prefix."""
+
+    api: ApiProcess
+    workers: list[WorkerProcess]
+    prefix: str
+
+
+@contextlib.contextmanager
+def served(
+    weights: Path | str,
+    folder: Path,
+    connection: redis.Redis,
+    workers: int = 1,
+    redis_url: str = REDIS_URL,
+    **env: str | None,
+) -> Iterator[Served]:
+    """`workers` real `masenet worker` processes and one `masenet serve` on a fresh queue prefix, with `env` for all
+    of them (None removes a variable; the workers' test defaults of `WorkerProcess` apply under it). Returns once
+    the workers are ready and the API answers; stops everything on exit. Logs go to `folder`."""
+    prefix = new_prefix()
+    env = {"MASENET_REDIS_URL": redis_url, "MASENET_QUEUE_PREFIX": prefix, **env}
+    processes = [WorkerProcess(prefix, weights, folder / f"worker-{index}.log", **env) for index in range(workers)]
+    api = ApiProcess(child_env(env), folder / "api.log")
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.wait_for(connection, "ready")
+        yield Served(api.start(), processes, prefix)
+    finally:
+        api.stop()
+        for process in processes:
+            process.stop()

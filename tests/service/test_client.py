@@ -21,13 +21,10 @@ from jobs.streams import FrameEvent, StatusEvent
 from jobs.video import VideoStatus
 from model.checkpoint import default_weights_path
 from service.client import ApiError, Client, EventParser, JobFailed, image_part, parse_events
-from tests.service.helpers import REDIS_URL, ApiProcess, WorkerProcess, new_prefix, png_bytes
+from tests.service.helpers import REDIS_URL, png_bytes, served
 from tests.synthetic_video import write_test_video
 from tools.cameras import CameraScene, MjpegCamera
 from tools.launch import child_env, masenet_command
-
-PREFIX = new_prefix()
-
 
 # ------------------------------------------------------------------------------- without a service
 
@@ -116,23 +113,16 @@ def test_server_sent_events_are_parsed_into_typed_events() -> None:
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("client")
     env = {
-        "MASENET_REDIS_URL": REDIS_URL,
-        "MASENET_QUEUE_PREFIX": PREFIX,
         "MASENET_STORAGE": str(folder / "storage"),
         "MASENET_STREAM_ALLOW": "127.0.0.1",
         "MASENET_VIDEO_CHUNK_FRAMES": "16",
+        "MASENET_IMGSZ": None,  # the model's pixel scale: the shipped weights find the scene's targets
     }
-    worker = WorkerProcess(PREFIX, default_weights_path(), folder / "worker.log", **env, MASENET_IMGSZ=None).start()
     connection = redis.Redis.from_url(REDIS_URL)
     try:
-        worker.wait_for(connection, "ready")
-        api = ApiProcess(child_env(env), folder / "api.log").start()
-        try:
-            yield api.url
-        finally:
-            api.stop()
+        with served(default_weights_path(), folder, connection, **env) as stack:
+            yield stack.api.url
     finally:
-        worker.stop()
         connection.flushdb()
         connection.close()
 
