@@ -351,7 +351,7 @@ class Client:
 
 
 class AsyncClient:
-    """The asyncio twin of `Client` for detection and video jobs (what concurrent callers need)."""
+    """The asyncio twin of `Client`: detection, video jobs and streams (`events` does not reconnect by itself)."""
 
     def __init__(
         self,
@@ -437,6 +437,15 @@ class AsyncClient:
 
     async def cancel(self, job_id: str) -> JobState:
         return parsed(await self.request("DELETE", f"/jobs/{job_id}"), JobState)
+
+    async def start_stream(self, url: str, **params: Any) -> StreamAccepted:
+        return parsed(await self.request("POST", "/streams", json=stream_body(url=url, **params)), StreamAccepted)
+
+    async def stream(self, stream_id: str) -> StreamState:
+        return parsed(await self.request("GET", f"/streams/{stream_id}"), StreamState)
+
+    async def stop_stream(self, stream_id: str) -> StreamState:
+        return parsed(await self.request("DELETE", f"/streams/{stream_id}"), StreamState)
 
     async def events(self, stream_id: str, last_event_id: str | None = None) -> AsyncIterator[StreamEvent]:
         headers = {"Last-Event-ID": last_event_id} if last_event_id else {}

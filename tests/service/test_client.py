@@ -3,6 +3,7 @@ camera; its retry and event parsing also against scripted HTTP answers (httpx.Mo
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -20,7 +21,7 @@ from PIL import Image
 from jobs.streams import FrameEvent, StatusEvent
 from jobs.video import VideoStatus
 from model.checkpoint import default_weights_path
-from service.client import ApiError, Client, EventParser, JobFailed, image_part, parse_events
+from service.client import ApiError, AsyncClient, Client, EventParser, JobFailed, image_part, parse_events
 from tests.service.helpers import REDIS_URL, png_bytes, served
 from tests.synthetic_video import write_test_video
 from tools.cameras import CameraScene, MjpegCamera
@@ -195,6 +196,25 @@ def test_a_stream_from_start_to_stop(client: Client) -> None:
         started = time.monotonic()
         tail = list(client.events(accepted.stream_id))  # ends: the stream has ended
         assert time.monotonic() - started < 10 and all(event.type != "frame" for event in tail)
+
+
+def test_the_async_client_detects_and_follows_a_stream(service: str) -> None:
+    async def run(camera_url: str) -> tuple[int, list[int], str]:
+        async with AsyncClient(service) as client:
+            answer = await client.detect(CameraScene().frame(2), conf=0.5)
+            accepted = await client.start_stream(camera_url, fps=5, conf=0.5)
+            frames: list[int] = []
+            async for event in client.events(accepted.stream_id):
+                if isinstance(event.data, FrameEvent):
+                    frames.append(event.data.frame_index)
+                if len(frames) == 3:
+                    break
+            stopped = await client.stop_stream(accepted.stream_id)
+            return len(answer.results[0].detections), frames, stopped.status.value
+
+    with MjpegCamera(CameraScene(), fps=10) as camera:
+        found, frames, status = asyncio.run(run(camera.url))
+    assert found == 2 and len(frames) == 3 and frames == sorted(frames) and status == "stopped"
 
 
 def test_the_commands_print_detections_and_job_results(service: str, tmp_path: Path) -> None:
