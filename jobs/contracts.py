@@ -19,7 +19,7 @@ JOB_FUNCTION = "worker.runtime.run_job"
 
 
 class JobKind(str, Enum):
-    """What a job asks for; the worker keeps a registry from kind to handler (`BatchingWorker.job_handlers`)."""
+    """What a job asks for; the worker routes each kind to its source (worker/worker.py)."""
 
     IMAGE = "image"
     VIDEO_CHUNK = "video_chunk"

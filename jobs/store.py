@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from jobs import rqueue
 from jobs.contracts import JOB_FUNCTION
 from jobs.video import (
     JOB_ID_PATTERN,
@@ -297,34 +298,29 @@ class VideoJobStore:
         fails or its worker dies, and finalize then fails the video job clearly instead of leaving it hanging.
         Payloads are JSON (rq's JSON serializer); rq job ids derive from the job id, so cancel finds them.
         """
-        from rq import Queue
-        from rq.job import Dependency
-        from rq.serializers import JSONSerializer
-
-        queue = Queue(self.queue_name, connection=self.connection, serializer=JSONSerializer)
-        common = {"result_ttl": self.ttl_s, "failure_ttl": self.ttl_s}
-        chunk_jobs = queue.enqueue_many(
+        target = rqueue.queue(self.connection, self.queue_name)
+        lifetimes = {"timeout": job_timeout_s, "result_ttl": self.ttl_s, "failure_ttl": self.ttl_s}
+        chunk_jobs = rqueue.enqueue(
+            target,
             [
-                Queue.prepare_data(
+                rqueue.NewJob(
                     JOB_FUNCTION,
-                    kwargs={"payload": self._payload(ChunkPayload, job_id=job_id, index=index, start=start, stop=stop)},
+                    self._payload(ChunkPayload, job_id=job_id, index=index, start=start, stop=stop),
                     job_id=chunk_rq_id(job_id, index),
                     description=f"video {job_id} chunk {index} frames {start}..{stop}",
-                    timeout=job_timeout_s,
-                    **common,
+                    **lifetimes,
                 )
                 for index, (start, stop) in enumerate(chunks)
-            ]
+            ],
         )
-        queue.enqueue_call(
+        finalize = rqueue.NewJob(
             JOB_FUNCTION,
-            kwargs={"payload": self._payload(FinalizePayload, job_id=job_id)},
+            self._payload(FinalizePayload, job_id=job_id),
             job_id=finalize_rq_id(job_id),
             description=f"video {job_id} finalize",
-            depends_on=Dependency(jobs=chunk_jobs, allow_failure=True),
-            timeout=job_timeout_s,
-            **common,
+            **lifetimes,
         )
+        rqueue.enqueue_after(target, finalize, chunk_jobs)
 
     def _payload(self, model: type[BaseModel], **fields: Any) -> dict[str, Any]:
         return model(prefix=self.prefix, **fields).model_dump(mode="json")
@@ -338,24 +334,12 @@ class VideoJobStore:
         Returns True if the job existed. A job that already ended keeps its final status but its files are
         still removed (DELETE frees storage in every case), and every rq key of the job expires with the state.
         """
-        from rq.exceptions import InvalidJobOperation, NoSuchJobError
-        from rq.job import Job
-        from rq.job import JobStatus as RqJobStatus
-        from rq.serializers import JSONSerializer
-
         state = self.read(job_id)
         if state is None:
             return False
         self.set_status(job_id, VideoStatus.CANCELED, error="canceled by request")
-        for rq_id in self.rq_ids(state):
-            try:
-                job = Job.fetch(rq_id, connection=self.connection, serializer=JSONSerializer)
-                if job.get_status() in (RqJobStatus.QUEUED, RqJobStatus.DEFERRED, RqJobStatus.SCHEDULED):
-                    job.cancel()
-            except (NoSuchJobError, InvalidJobOperation):
-                continue
-            except ValueError:  # rq: a worker took the job between the status read and the cancel (its execution
-                continue  # record went as rq looked it up); the canceled flag stops that chunk at its next batch
+        for rq_id in self.rq_ids(state):  # a chunk a worker already took stops at its next pass (canceled flag)
+            rqueue.cancel_waiting(self.connection, rq_id)
         self.expire_rq_keys(state)
         self.storage.remove(job_id)
         return True
@@ -364,8 +348,7 @@ class VideoJobStore:
         """Give every rq key of the job (job hashes, dependents, dependencies) the job's TTL."""
         keys = [self.key(state.job_id)]
         for rq_id in self.rq_ids(state):
-            keys += [f"rq:job:{rq_id}", f"rq:job:{rq_id}:dependents", f"rq:job:{rq_id}:dependencies"]
-            keys.append(f"rq:job::{rq_id}:dependencies")  # rq 3.0 names a deferred job's dependency set so
+            keys += rqueue.job_keys(rq_id)
         with self.connection.pipeline(transaction=False) as pipeline:
             for key in keys:
                 pipeline.expire(key, self.ttl_s)

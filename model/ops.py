@@ -287,6 +287,22 @@ def _round_up(value: int, multiple: int) -> int:
     return int(math.ceil(value / multiple) * multiple)
 
 
+def letterbox_size(
+    height: int, width: int, imgsz: int | None = None, pixel_scale: float | None = None
+) -> tuple[float, int, int]:
+    """(scale, resized height, resized width) of a frame: by `pixel_scale` when given, else longer side `imgsz`."""
+    scale = pixel_scale if pixel_scale is not None else imgsz / max(height, width)
+    return scale, max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def padded_shape(
+    height: int, width: int, imgsz: int | None = None, stride: int = 32, pixel_scale: float | None = None
+) -> tuple[int, int]:
+    """The (height, width) of a frame's network input: resized, then padded up to multiples of `stride`."""
+    _, resized_height, resized_width = letterbox_size(height, width, imgsz, pixel_scale)
+    return _round_up(resized_height, stride), _round_up(resized_width, stride)
+
+
 def letterbox(
     images: list[Tensor], imgsz: int | None = None, stride: int = 32, pixel_scale: float | None = None
 ) -> tuple[Tensor, list[LetterboxParams]]:
@@ -294,8 +310,9 @@ def letterbox(
 
     Each frame is resized by `pixel_scale` when given, else so that its longer side is `imgsz` (one of the two).
     Returns a (B, 3, H', W') float batch in 0..1 and per-frame LetterboxParams. A frame is padded evenly on
-    both sides of each axis up to a multiple of `stride`; the batch is then padded bottom/right to its
-    largest height and width, so frames of different sizes share one tensor.
+    both sides of each axis up to a multiple of `stride` (`padded_shape`); the batch is then padded bottom/right to
+    its largest height and width. Frames of different padded shapes would then see each other's padding: the
+    worker only batches frames of one padded shape (worker/schedule.py), so a frame's answer is its own.
     """
     if not images:
         raise ValueError("letterbox needs at least one image")
@@ -306,9 +323,8 @@ def letterbox(
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a (3, H, W) image, got shape {tuple(image.shape)}")
         height, width = int(image.shape[1]), int(image.shape[2])
-        scale = pixel_scale if pixel_scale is not None else imgsz / max(height, width)
+        scale, resized_height, resized_width = letterbox_size(height, width, imgsz, pixel_scale)
         pixels = image.float().div_(255.0)[None]  # (1, 3, H, W)
-        resized_height, resized_width = max(1, round(height * scale)), max(1, round(width * scale))
         if (resized_height, resized_width) != (height, width):
             pixels = F.interpolate(pixels, size=(resized_height, resized_width), mode="bilinear", align_corners=False)
         pad_y = (_round_up(resized_height, stride) - resized_height) // 2

@@ -20,6 +20,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from jobs.rqueue import queue_key
 from jobs.settings import Settings
 from jobs.store import outcomes_key
 from jobs.stream_store import StreamStore
@@ -93,13 +94,6 @@ class RedisStateCollector(Collector):
         for status in VIDEO_JOB_STATUSES:
             video_jobs.add_metric([status], float(counts.get(status, 0)))
         return [depth, video_jobs, streams]
-
-
-def queue_key(queue_name: str) -> str:
-    """The Redis list rq keeps for a queue name."""
-    from rq.queue import Queue
-
-    return f"{Queue.redis_queue_namespace_prefix}{queue_name}"
 
 
 class ApiMetrics:

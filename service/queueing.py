@@ -25,13 +25,9 @@ from dataclasses import dataclass
 
 import redis
 import redis.asyncio as aioredis
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.job import Job, JobStatus
-from rq.queue import Queue
-from rq.serializers import JSONSerializer
 from starlette.concurrency import run_in_threadpool
 
-from jobs.abandoned import fail, holder_gone, requeue, retries_of
+from jobs import rqueue
 from jobs.contracts import (
     JOB_FUNCTION,
     DetectParams,
@@ -43,9 +39,9 @@ from jobs.contracts import (
     WorkerState,
     WorkerStatus,
 )
+from jobs.rqueue import queue_key
 from jobs.settings import Settings
 from service.errors import QueueFull, ServiceUnavailable
-from service.metrics import queue_key
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +95,7 @@ class JobBroker:
         self.async_redis = aioredis.Redis.from_url(
             settings.redis_url, socket_connect_timeout=2.0, socket_timeout=settings.timeout_s + 10.0
         )
-        self.queue = Queue(settings.image_queue, connection=self.sync_redis, serializer=JSONSerializer)
+        self.queue = rqueue.queue(self.sync_redis, settings.image_queue)
         self._served: tuple[float, ModelInfo | None] = (-math.inf, None)  # (monotonic time read, model)
 
     async def close(self) -> None:
@@ -144,18 +140,18 @@ class JobBroker:
                     deadline=deadline,
                 )
                 job_data.append(
-                    Queue.prepare_data(
+                    rqueue.NewJob(
                         JOB_FUNCTION,
-                        kwargs={"payload": payload.model_dump(mode="json")},
+                        payload.model_dump(mode="json"),
                         job_id=job_id,
+                        description=f"detect {image.filename} ({image.width}x{image.height})",
                         timeout=keep_s,
                         ttl=keep_s,
                         result_ttl=RESULT_TTL_S,
                         failure_ttl=FAILURE_TTL_S,
-                        description=f"detect {image.filename} ({image.width}x{image.height})",
                     )
                 )
-            self.queue.enqueue_many(job_data, pipeline=pipeline)
+            rqueue.enqueue(self.queue, job_data, pipeline=pipeline)
             pipeline.execute()
         return Submission(request_id=request_id, reply_key=reply_key, job_ids=job_ids, deadline=deadline)
 
@@ -194,24 +190,21 @@ class JobBroker:
         for index, job_id in enumerate(submission.job_ids):
             if index in answered:
                 continue
-            try:
-                job = Job.fetch(job_id, connection=self.sync_redis, serializer=JSONSerializer)
-            except NoSuchJobError:
+            job = rqueue.fetch(self.sync_redis, job_id)
+            if job is None or not rqueue.holder_gone(self.sync_redis, job, self.settings.worker_key):
                 continue
-            if not holder_gone(self.sync_redis, job, self.settings.worker_key):
-                continue
-            retries = retries_of(job)
+            retries = rqueue.retries_of(job)
             time_left = submission.deadline - time.time() > ABANDON_CHECK_S
             if retries < ABANDONED_RETRIES and time_left and self.live_worker():
                 logger.warning("job %s: worker %s vanished while holding it; retrying it", job_id, job.worker_name)
-                requeue(self.queue, job)
+                rqueue.requeue(self.queue, job)
                 continue
             detail = (
                 f"worker {job.worker_name} stopped sending heartbeats while it held this job (it crashed or was "
                 "killed)" + (" and its retry failed the same way" if retries else "") + "; retry the request"
             )
             logger.warning("job %s abandoned: %s", job_id, detail)
-            fail(self.queue, job, detail)
+            rqueue.fail_abandoned(self.queue, job, detail)
             self.sync_redis.delete(self.settings.data_key(job.id))
             failure = JobFailure(kind=FailureKind.INTERNAL, detail=detail)
             lost[index] = ReplyMessage(job_id=job_id, index=index, failure=failure)
@@ -232,13 +225,8 @@ class JobBroker:
             if index in finished_indices:
                 continue
             try:
-                job = Job.fetch(job_id, connection=self.sync_redis, serializer=JSONSerializer)
-                if job.get_status() in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
-                    job.cancel()
-                    self.sync_redis.expire(job.key, RESULT_TTL_S)  # a canceled job's record expires like a result
+                if rqueue.cancel_waiting(self.sync_redis, job_id, expire_s=RESULT_TTL_S):  # expires like a result
                     canceled.append(job_id)
-            except (NoSuchJobError, InvalidJobOperation):
-                pass
             except redis.RedisError:
                 logger.warning("could not cancel job %s", job_id, exc_info=True)
             self.sync_redis.delete(self.settings.data_key(job_id))

@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("decode", "preprocess", "inference", "postprocess", "gradcam")
 FAILURE_REASONS = ("media", "internal", "timeout")
+WORK_CLASSES = ("image", "stream", "video")  # worker.schedule.WorkClass
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -77,6 +78,16 @@ class WorkerMetrics:
             buckets=WAIT_BUCKETS,
             registry=self.registry,
         )
+        self.class_wait = Histogram(
+            "masenet_scheduler_wait_seconds",
+            "Time from a frame's arrival (enqueued, captured, decoded) to the start of its pass, per work class",
+            ["class"],
+            buckets=WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.passes = Counter(
+            "masenet_scheduler_passes", "Forward passes run, per work class", ["class"], registry=self.registry
+        )
         self.batch_size = Histogram(
             "masenet_batch_size", "Images per forward pass", buckets=BATCH_BUCKETS, registry=self.registry
         )
@@ -123,6 +134,9 @@ class WorkerMetrics:
             self.stage.labels(stage=stage)
         for reason in FAILURE_REASONS:
             self.failures.labels(reason=reason)
+        for work_class in WORK_CLASSES:
+            self.class_wait.labels(work_class)
+            self.passes.labels(work_class)
         self.up.set(0)
 
     def enable_gpu(self) -> None:

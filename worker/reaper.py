@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import redis
-from rq.exceptions import NoSuchJobError
-from rq.job import Job
-from rq.queue import Queue
-from rq.serializers import JSONSerializer
 
-from jobs.abandoned import fail, holder_gone, requeue, retries_of
+from jobs import rqueue
 from jobs.settings import Settings
 from jobs.store import JobStorage, VideoJobStore
 from jobs.video import ChunkPayload, VideoStatus, parse_video_payload
@@ -41,7 +38,7 @@ class Reaper:
     def __init__(self, connection: redis.Redis, settings: Settings) -> None:
         self.connection = connection
         self.settings = settings
-        self.queue = Queue(settings.video_queue, connection=connection, serializer=JSONSerializer)
+        self.queue = rqueue.queue(connection, settings.video_queue)
         self.store = VideoJobStore(connection, settings.queue_prefix, JobStorage(settings.storage), settings.job_ttl_s)
         self.suspects: set[str] = set()
         self._stop = threading.Event()
@@ -71,12 +68,9 @@ class Reaper:
     def reap(self) -> list[str]:
         """One pass; returns the ids of the jobs it retried or failed."""
         abandoned = []
-        for job_id in self.queue.started_job_registry.get_job_ids(cleanup=False):
-            try:
-                job = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
-            except NoSuchJobError:
-                continue
-            if holder_gone(self.connection, job, self.settings.worker_key):
+        for job_id in rqueue.started_job_ids(self.queue):
+            job = rqueue.fetch(self.connection, job_id)
+            if job is not None and rqueue.holder_gone(self.connection, job, self.settings.worker_key):
                 abandoned.append(job)
         found = {job.id for job in abandoned}
         confirmed = [job for job in abandoned if job.id in self.suspects]
@@ -85,17 +79,17 @@ class Reaper:
             self.recover(job)
         return [job.id for job in confirmed]
 
-    def recover(self, job: Job) -> None:
-        video = parse_video_payload((job.kwargs or {}).get("payload"))
+    def recover(self, job: Any) -> None:
+        video = parse_video_payload(rqueue.payload_of(job))
         what = f"video {video.job_id if video else '?'} {job.description or job.id}"
-        if retries_of(job) < VIDEO_RETRIES:
+        if rqueue.retries_of(job) < VIDEO_RETRIES:
             if isinstance(video, ChunkPayload):
                 self.store.take_back_progress(video.job_id, video.index)
             logger.warning("%s: worker %s died while running it; retrying it", what, job.worker_name)
-            requeue(self.queue, job)
+            rqueue.requeue(self.queue, job)
             return
-        detail = f"worker {job.worker_name} died while running it, after {retries_of(job)} retries"
+        detail = f"worker {job.worker_name} died while running it, after {rqueue.retries_of(job)} retries"
         logger.error("%s: %s; failing the video job", what, detail)
         if video is not None:
             self.store.set_status(video.job_id, VideoStatus.FAILED, error=f"{job.description}: {detail}")
-        fail(self.queue, job, detail)
+        rqueue.fail_abandoned(self.queue, job, detail)

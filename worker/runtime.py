@@ -94,13 +94,11 @@ class ImageTask:
     """One image job inside the worker, from pick-up to completion."""
 
     job: Any  # rq.job.Job
-    queue: Any  # rq.queue.Queue
+    taken: Any  # jobs.rqueue.Taken: the job as this worker popped it (its queue, then its rq execution)
     payload: ImageJobPayload
     picked_at: float
-    decoded: Future[DecodedImage] | None = None
-    execution: Any = None  # rq Execution once started
+    decoded: Future[DecodedImage] = field(default_factory=Future)
     failure: JobFailure | None = None  # set when the task failed before inference
-    from_rq_loop: bool = False  # dequeued by rq's loop (may sit in rq's intermediate queue)
 
     @property
     def params(self) -> DetectParams:
@@ -195,10 +193,19 @@ class InferenceRuntime:
         """Images a task adds to a forward pass: its frame times its test-time views."""
         return len(self.detector.views_for(task.params.tta))
 
-    def group_key(self, params: DetectParams) -> tuple:
-        """Tasks with the same key share a forward pass: same resize rule, same views (defaults resolved)."""
+    def bucket(self, params: DetectParams, width: int, height: int) -> tuple:
+        """Frames with the same bucket may share a forward pass: the same padded input shape, resize rule, views
+        (defaults resolved) and Grad-CAM. A pass never pads one frame to another's shape."""
+        from model.ops import padded_shape
+
         rule = self.detector.resize_rule(params.imgsz, params.pixel_scale)
-        return rule["imgsz"], rule["pixel_scale"], params.tta or self.detector.tta
+        shape = padded_shape(height, width, stride=max(self.detector.strides), **rule)
+        return shape, rule["imgsz"], rule["pixel_scale"], params.tta or self.detector.tta, params.gradcam
+
+    def cost(self, params: DetectParams, width: int, height: int) -> int:
+        """Network-input pixels of a frame, views and Grad-CAM counted (what MASENET_MAX_PASS_PIXELS bounds)."""
+        assert self.model_info is not None
+        return frame_cost(width, height, params, self.model_info)[0]
 
     @property
     def on_gpu(self) -> bool:
@@ -208,8 +215,8 @@ class InferenceRuntime:
     def decode(self, payload: ImageJobPayload) -> DecodedImage:
         """Bytes from Redis to a uint8 tensor on the device; JobMediaError when the client's data is bad.
 
-        The bytes stay in Redis until the job's reply is sent (see BatchingWorker._reply), so a job retried after
-        this worker died can still be decoded by another.
+        The bytes stay in Redis until the job's reply is sent (worker.images.ImageSource._reply), so a job
+        retried after this worker died can still be decoded by another.
         """
         started = time.perf_counter()
         data = self.connection.get(payload.data_key)
@@ -276,7 +283,7 @@ class InferenceRuntime:
         """Run `step` per resize rule and views, in passes of at most MASENET_MAX_PASS_PIXELS; on a pass failure
         retry its images alone. Failures by position."""
         failures: dict[int, JobFailure] = {}
-        for positions in group_positions(items, lambda item: self.group_key(item.task.params)).values():
+        for positions in group_positions(items, self._bucket_of).values():
             group = [items[position] for position in positions]
             for part in split_by_cost(group, self._cost, self.settings.max_pass_pixels):
                 failures.update(self._run_pass(part, step))
@@ -303,9 +310,11 @@ class InferenceRuntime:
                 failures[item.position] = internal_failure(exc)
         return failures
 
+    def _bucket_of(self, item: _Ready) -> tuple:
+        return self.bucket(item.task.params, item.image.width, item.image.height)
+
     def _cost(self, item: _Ready) -> int:
-        assert self.model_info is not None
-        return frame_cost(item.image.width, item.image.height, item.task.params, self.model_info)[0]
+        return self.cost(item.task.params, item.image.width, item.image.height)
 
     def _detect_group(self, group: list[_Ready]) -> None:
         """Letterbox on the device, one forward, NMS with each image's own thresholds."""

@@ -13,11 +13,11 @@ without a frame. Error messages name what happened, never the remote's words or 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -72,8 +72,14 @@ def describe_error(exc: BaseException) -> str:
     return f"the camera could not be read ({type(exc).__name__})"
 
 
+class Announce(Protocol):
+    """Where a source announces a new frame: a queue, or the hub's doorbell."""
+
+    def put(self, source: StreamSource) -> None: ...
+
+
 class StreamSource:
-    """Reads one camera in a daemon thread; the consumer calls `take()` after the source shows up on `ready`."""
+    """Reads one camera in a daemon thread; `ready.put(source)` announces each new frame, which `take()` hands over."""
 
     def __init__(
         self,
@@ -81,7 +87,7 @@ class StreamSource:
         url: str,
         fps: float,
         allow: AllowList,
-        ready: queue.Queue[StreamSource],
+        ready: Announce,
         on_status: Callable[[StreamStatus, str | None], None],
         *,
         connect_attempts: int = 3,
@@ -121,6 +127,10 @@ class StreamSource:
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
+
+    def peek(self) -> CapturedFrame | None:
+        """The newest frame due, left in place (None when there is none)."""
+        return self._slot
 
     def take(self) -> CapturedFrame | None:
         """The newest frame due, once (None when it was taken or the source stopped)."""

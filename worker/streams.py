@@ -4,11 +4,12 @@
                        lost to another worker is let go), report each stream's counters, and claim one unheld
                        stream if this worker has room; a worker holding k streams waits k * CLAIM_STEP_S before
                        claiming, so streams spread over the workers
-    reader threads     one `StreamSource` per stream: decode, cap the frame rate, newest frame wins
-    worker thread      `serve`: collect the sources with a frame (collect_batch, views counted), run their frames
-                       through `InferenceRuntime.run` as one batch, then per stream: track, publish the frame
-                       event (and track_started / track_ended) to the capped Redis stream, and now and then an
-                       annotated JPEG snapshot (encoded in a side thread)
+    reader threads     one `StreamSource` per stream: decode, cap the frame rate, newest frame wins, and ring the
+                       doorbell that wakes the worker's scheduling loop
+    loop thread        `waiting` offers each stream's newest frame (in its bucket) to the loop (worker/loop.py);
+                       `run` runs the frames the loop chose through `InferenceRuntime.run` as one pass, then per
+                       stream: track, publish the frame event (and track_started / track_ended) to the capped
+                       Redis stream, and now and then an annotated JPEG snapshot (encoded in a side thread)
 
 If a worker dies its leases expire (LEASE_MS) and another worker takes its streams over, continuing their
 counters and track ids from the state the last holder reported.
@@ -18,10 +19,10 @@ from __future__ import annotations
 
 import io
 import logging
-import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,10 +44,11 @@ from jobs.streams import (
 )
 from jobs.video import TrackedDetection
 from model.tracking import Tracker
-from worker.batching import collect_batch, pair_outputs
+from worker.batching import pair_outputs
 from worker.metrics import WorkerMetrics
 from worker.render import annotate_frame
 from worker.runtime import FrameTask, Outcome
+from worker.schedule import Waiting, WorkClass
 from worker.stream_source import CapturedFrame, StreamSource
 
 logger = logging.getLogger(__name__)
@@ -104,8 +106,20 @@ class HeldStream:
         )
 
 
+class Doorbell:
+    """What a stream's reader rings when it holds a new frame: it wakes the worker's scheduling loop."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        self.wake = wake
+
+    def put(self, _source: StreamSource) -> None:
+        self.wake.set()
+
+
 class StreamHub:
-    """Holds up to `max_streams` streams for one worker; `serve` runs on the worker's inference thread."""
+    """Holds up to `max_streams` streams for one worker; `waiting` and `run` are called by the scheduling loop."""
+
+    work_class = WorkClass.STREAM
 
     def __init__(
         self,
@@ -114,26 +128,23 @@ class StreamHub:
         worker_name: str,
         settings: Settings,
         metrics: WorkerMetrics,
-        max_images: int,
+        wake: threading.Event | None = None,
     ) -> None:
         self.store = store
         self.inference = inference
         self.worker_name = worker_name
         self.settings = settings
         self.metrics = metrics
-        self.max_images = max_images
         self.max_streams = settings.max_streams_per_worker
-        self.ready: queue.Queue[StreamSource] = queue.Queue()
+        self.doorbell = Doorbell(wake or threading.Event())
         self._held: dict[str, HeldStream] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._first_seen: dict[str, float] = {}
-        self._carry: StreamSource | None = None
         self._allow = AllowList.parse(settings.stream_allow)
         self._snapshots = ThreadPoolExecutor(1, thread_name_prefix="snapshot")
         self._snapshot_busy: Future[None] | None = None
         self._thread = threading.Thread(target=self._heartbeat, name="stream-heartbeat", daemon=True)
-        self.last_served = time.monotonic()
 
     def start(self) -> StreamHub:
         self._thread.start()
@@ -159,36 +170,39 @@ class StreamHub:
     def active(self) -> bool:
         return bool(self._held)
 
-    def has_frames(self) -> bool:
-        return self._carry is not None or not self.ready.empty()
+    busy = active
 
-    # inference thread
-    def serve(self, first_timeout_s: float) -> int:
-        """Run one batch of the streams' newest frames (waiting up to `first_timeout_s` for one); frames run.
+    # the scheduling loop's side (its thread)
+    def waiting(self, now: float) -> list[Waiting]:
+        """The newest frame of every held stream that has one, each in its bucket."""
+        waiting = []
+        for stream in list(self._held.values()):
+            captured = stream.source.peek()
+            if captured is None:
+                continue
+            height, width = captured.image.shape[:2]
+            bucket = self.inference.bucket(stream.params, width, height)
+            cost = self.inference.cost(stream.params, width, height)
+            views = self.inference.views(stream)
+            waiting.append(Waiting(WorkClass.STREAM, bucket, captured.captured_at, views, cost, ref=stream))
+        return waiting
+
+    def run(self, items: Sequence[Waiting]) -> int:
+        """Run the chosen streams' newest frames as one pass and publish their events; the frames run.
 
         Never raises: a failure here would end the worker's loop, and with it every job and stream it serves.
         """
         try:
-            return self._serve(first_timeout_s)
+            return self._run([item.ref for item in items])
         except Exception:
-            logger.exception("worker %s: a batch of stream frames failed", self.worker_name)
+            logger.exception("worker %s: a pass of stream frames failed", self.worker_name)
             return 0
 
-    def _serve(self, first_timeout_s: float) -> int:
-        batch = collect_batch(
-            self.ready,
-            self.max_images,
-            self.settings.max_delay_ms / 1000.0,
-            weight=self._views,
-            first_timeout_s=first_timeout_s,
-            carry=self._carry,
-        )
-        self._carry = batch.carry
+    def _run(self, streams: list[HeldStream]) -> int:
         work: list[tuple[HeldStream, CapturedFrame, FrameTask]] = []
-        for source in batch.items:
-            stream = self._held.get(source.stream_id)
-            captured = source.take()
-            if stream is None or stream.source is not source or captured is None:
+        for stream in streams:
+            captured = stream.source.take()
+            if captured is None or self._held.get(stream.stream_id) is not stream:
                 continue
             task = FrameTask(
                 index=captured.index,
@@ -206,12 +220,7 @@ class StreamHub:
         for (stream, captured, _), outcome in pair_outputs(work, outcomes, "run"):
             self._deliver(stream, captured, outcome)
         self.metrics.stream_frames.labels(outcome="processed").inc(len(work))
-        self.last_served = time.monotonic()
         return len(work)
-
-    def _views(self, source: StreamSource) -> int:
-        stream = self._held.get(source.stream_id)
-        return self.inference.views(stream) if stream is not None else 1
 
     def _deliver(self, stream: HeldStream, captured: CapturedFrame, outcome: Outcome) -> None:
         if outcome.failure is not None or outcome.result is None:
@@ -339,7 +348,7 @@ class StreamHub:
             record.url,
             record.params.fps,
             self._allow,
-            self.ready,
+            self.doorbell,
             lambda status, error: self._set_status(stream_id, status, error),
             connect_attempts=self.settings.stream_connect_attempts,
             retry_s=self.settings.stream_retry_s,

@@ -1,11 +1,11 @@
-"""The video handlers of a worker: chunks through the same batching path as images, then finalize.
+"""The video work of a worker: chunks pulled pass by pass through the inference step images use, then finalize.
 
-A chunk decodes source frames [start, stop) of the stored upload in a reader thread (seek to the keyframe
-before `start`, decode forward, keep every `frame_stride`-th frame). The worker's thread collects them with
-`collect_batch` (views counted, sized by `AdaptiveBatcher` so that one pass stays short), copies them to the
-device and runs them through `InferenceRuntime.run`, the step image jobs use, with the same stage metrics.
-After every batch it counts progress, stops if the job was canceled, and lets the worker serve the image
-jobs that arrived meanwhile. The chunk's `ChunkResult` is written to storage.
+A chunk (`ChunkRun`) decodes source frames [start, stop) of the stored upload in a reader thread (seek to the
+keyframe before `start`, decode forward, keep every `frame_stride`-th frame). Whoever drives it (the worker's
+scheduling loop, worker/loop.py, or `VideoJobs.run_chunk` alone) takes passes of its decoded frames, which are
+copied to the device and run through `InferenceRuntime.run` with the same stage metrics as images. After
+every pass it counts progress and stops if the job was canceled. The chunk's `ChunkResult` is written to
+storage.
 
 Finalize runs once every chunk job has ended (rq dependency with failures allowed). It fails the video job if
 a chunk is missing, otherwise merges the chunks in frame order, tracks targets over the whole sequence,
@@ -33,19 +33,18 @@ from jobs.video import (
     FrameResult,
     TrackedDetection,
     VideoJobResult,
-    VideoState,
     VideoStatus,
     VideoSummary,
 )
 from model.tracking import TrackerConfig, track_sequence
-from worker.batching import AdaptiveBatcher, collect_batch, pair_outputs
+from worker.batching import AdaptiveBatcher, pair_outputs
 from worker.frames import iter_frames
 from worker.render import render_annotated
 from worker.runtime import DecodedImage, FrameTask, Outcome
 
 logger = logging.getLogger(__name__)
 
-READ_POLL_S = 0.05  # how often the batching loop looks again when the reader has nothing yet
+READ_POLL_S = 0.05  # how long run_chunk waits for the reader before it looks again
 READER_EXIT_S = 10.0  # how long a chunk waits for its reader thread to stop
 
 
@@ -123,91 +122,142 @@ class FrameReader:
             self._done.set()
 
 
-@dataclass
-class VideoJobs:
-    """A worker's video handlers; `between_batches` lets it serve waiting image jobs during a chunk."""
+class ChunkRun:
+    """One chunk in progress, pulled from: `ready()` gives the decoded frames not yet run, `run(frames)` runs one
+    pass of them, and once `done`, `conclude()` writes the chunk's result (or says why it stopped).
 
-    store: VideoJobStore
-    inference: FrameInference
-    worker_name: str
-    max_images: int = 8  # images per forward pass, views counted (MASENET_MAX_BATCH)
-    max_delay_s: float = 0.005
-    batch_time_target_s: float = 0.1  # a chunk's batches are sized to take about this long
-    between_batches: Callable[[], None] | None = None
-    frames_processed: Callable[[int], None] | None = None  # metrics hook: frames run through the model
+    The worker's scheduling loop pulls passes from it between its other work; `VideoJobs.run_chunk` drives one
+    alone, in passes sized by `AdaptiveBatcher`.
+    """
 
-    # chunk
-    def run_chunk(self, payload: ChunkPayload) -> dict[str, Any]:
-        """Detect on one chunk's frames and write its result file; see the module docstring."""
-        store, job_id, index = self.store, payload.job_id, payload.index
+    def __init__(self, jobs: VideoJobs, payload: ChunkPayload) -> None:
+        self.jobs = jobs
+        self.payload = payload
+        self.frames: list[FrameResult] = []
+        self.pending: list[FrameTask] = []
+        self.reader: FrameReader | None = None
+        self.started = time.perf_counter()
+
+    def open(self) -> bool:
+        """Start reading the chunk's frames; False when the job was canceled, has failed or is gone."""
+        store, job_id = self.jobs.store, self.payload.job_id
         state = None if store.should_stop(job_id) else store.read(job_id)
         if state is None:
-            logger.info("video %s chunk %d skipped: the job was canceled, has failed or is gone", job_id, index)
-            return {"index": index, "stopped": True}
+            logger.info(
+                "video %s chunk %d skipped: the job was canceled, has failed or is gone", job_id, self.payload.index
+            )
+            return False
         store.set_status(job_id, VideoStatus.STARTED)
+        params = DetectParams(**state.params.model_dump(include=set(InferenceParams.model_fields)))
+        path = store.input_path(state)
+        depth = 2 * self.jobs.max_images
+        self.reader = FrameReader(path, self.payload, state.params.frame_stride, params, depth).__enter__()
+        return True
+
+    def ready(self, timeout_s: float = 0.0) -> list[FrameTask]:
+        """The decoded frames not yet run, oldest first, waiting up to `timeout_s` for one; raises what the
+        reader raised."""
+        assert self.reader is not None
+        source = self.reader.pending
         try:
-            result = self._detect(state, payload)
-        except ChunkStopped:
+            if timeout_s > 0 and not self.pending:
+                self.pending.append(source.get(timeout=timeout_s))
+            while True:
+                self.pending.append(source.get_nowait())
+        except queue.Empty:
+            pass
+        self.reader.finished()  # raises the reader's error
+        return list(self.pending)
+
+    @property
+    def done(self) -> bool:
+        return self.reader is not None and not self.pending and self.reader.finished()
+
+    def run(self, tasks: list[FrameTask]) -> None:
+        """One pass; progress counted; ChunkStopped when the job was canceled or failed elsewhere meanwhile."""
+        taken = {id(task) for task in tasks}
+        self.pending = [task for task in self.pending if id(task) not in taken]
+        self.frames += self.jobs.run_frames(tasks)
+        store, job_id = self.jobs.store, self.payload.job_id
+        store.add_progress(job_id, len(tasks), chunk=self.payload.index)
+        if self.jobs.frames_processed is not None:
+            self.jobs.frames_processed(len(tasks))
+        if store.should_stop(job_id):
+            raise ChunkStopped
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.__exit__(None, None, None)
+
+    def conclude(self, error: BaseException | None = None) -> dict[str, Any]:
+        """The chunk's outcome: its result written (no error), stopped (canceled meanwhile), or the job failed
+        with the reason and `error` raised again."""
+        store, job_id, index, payload = self.jobs.store, self.payload.job_id, self.payload.index, self.payload
+        stopped = {"index": index, "stopped": True}
+        if isinstance(error, ChunkStopped):
             logger.info("video %s chunk %d stopped: the job was canceled or has failed", job_id, index)
-            return {"index": index, "stopped": True}
-        except Exception as exc:
+            return stopped
+        if error is not None:
             if store.should_stop(job_id):
-                logger.info("video %s chunk %d ended by cancel (%s)", job_id, index, exc)
-                return {"index": index, "stopped": True}
-            message = f"chunk {index} (frames {payload.start}..{payload.stop}) failed: {type(exc).__name__}: {exc}"
+                logger.info("video %s chunk %d ended by cancel (%s)", job_id, index, error)
+                return stopped
+            message = f"chunk {index} (frames {payload.start}..{payload.stop}) failed: {type(error).__name__}: {error}"
             store.set_status(job_id, VideoStatus.FAILED, error=message)
-            logger.exception("video %s %s", job_id, message)
-            raise
+            logger.error("video %s %s", job_id, message)
+            raise error
+        elapsed = round(time.perf_counter() - self.started, 4)
+        result = ChunkResult(
+            index=index, start=payload.start, stop=payload.stop, worker=self.jobs.worker_name, elapsed_s=elapsed,
+            frames=self.frames,
+        )  # fmt: skip
         try:
             store.storage.write_chunk(job_id, result)
         except OSError:
             if not store.should_stop(job_id):
                 raise
-            return {"index": index, "stopped": True}  # canceled at the last moment: its folder is gone
-        logger.info(
-            "video %s chunk %d: %d frames in %.2f s on %s",
-            job_id,
-            index,
-            len(result.frames),
-            result.elapsed_s,
-            self.worker_name,
-        )
-        return {"index": index, "frames": len(result.frames), "worker": self.worker_name, "elapsed_s": result.elapsed_s}
+            return stopped  # canceled at the last moment: its folder is gone
+        logger.info("video %s chunk %d: %d frames in %.2f s on %s", job_id, index, len(self.frames), elapsed,
+                    self.jobs.worker_name)  # fmt: skip
+        return {"index": index, "frames": len(self.frames), "worker": self.jobs.worker_name, "elapsed_s": elapsed}
 
-    def _detect(self, state: VideoState, payload: ChunkPayload) -> ChunkResult:
-        started = time.perf_counter()
-        params = DetectParams(**state.params.model_dump(include=set(InferenceParams.model_fields)))
-        frames: list[FrameResult] = []
-        batcher = AdaptiveBatcher(self.max_images, self.batch_time_target_s)
-        path = self.store.input_path(state)
-        carry: FrameTask | None = None
-        with FrameReader(path, payload, state.params.frame_stride, params, 2 * self.max_images) as reader:
-            while carry is not None or not reader.finished():
-                batch = collect_batch(
-                    reader.pending,
-                    batcher.size,
-                    self.max_delay_s,
-                    weight=self.inference.views,
-                    first_timeout_s=READ_POLL_S,
-                    carry=carry,
-                )
-                carry = batch.carry
-                if batch.items:
+
+@dataclass
+class VideoJobs:
+    """A worker's video work: chunks (`ChunkRun`, or `run_chunk` for one chunk alone) and finalize."""
+
+    store: VideoJobStore
+    inference: FrameInference
+    worker_name: str
+    max_images: int = 8  # images per forward pass, views counted (MASENET_MAX_BATCH)
+    batch_time_target_s: float = 0.1  # run_chunk sizes its passes to take about this long
+    frames_processed: Callable[[int], None] | None = None  # metrics hook: frames run through the model
+
+    # chunk
+    def run_chunk(self, payload: ChunkPayload) -> dict[str, Any]:
+        """Detect on one chunk's frames alone and write its result file; see the module docstring."""
+        chunk = ChunkRun(self, payload)
+        try:
+            if not chunk.open():
+                return {"index": payload.index, "stopped": True}
+            batcher = AdaptiveBatcher(self.max_images, self.batch_time_target_s)
+            while not chunk.done:
+                frames = chunk.ready(timeout_s=READ_POLL_S)
+                batch: list[FrameTask] = []
+                for frame in frames:
+                    if batch and sum(map(self.inference.views, batch + [frame])) > batcher.size:
+                        break
+                    batch.append(frame)
+                if batch:
                     tick = time.perf_counter()
-                    frames += self._run(batch.items)
-                    batcher.observe(batch.size, time.perf_counter() - tick)
-                    self._after_batch(payload, len(batch.items))
-        elapsed = round(time.perf_counter() - started, 4)
-        return ChunkResult(
-            index=payload.index,
-            start=payload.start,
-            stop=payload.stop,
-            worker=self.worker_name,
-            elapsed_s=elapsed,
-            frames=frames,
-        )
+                    chunk.run(batch)
+                    batcher.observe(sum(map(self.inference.views, batch)), time.perf_counter() - tick)
+        except Exception as exc:
+            return chunk.conclude(exc)
+        finally:
+            chunk.close()
+        return chunk.conclude()
 
-    def _run(self, tasks: list[FrameTask]) -> list[FrameResult]:
+    def run_frames(self, tasks: list[FrameTask]) -> list[FrameResult]:
         """One pass through the worker's inference step; a frame that fails fails the chunk with its reason."""
         for task in tasks:
             if not task.decoded.done():
@@ -220,15 +270,6 @@ class VideoJobs:
             detections = [TrackedDetection(**found.model_dump()) for found in outcome.result.detections]
             results.append(FrameResult(index=task.index, time_s=task.time_s, detections=detections))
         return results
-
-    def _after_batch(self, payload: ChunkPayload, frames: int) -> None:
-        self.store.add_progress(payload.job_id, frames, chunk=payload.index)
-        if self.frames_processed is not None:
-            self.frames_processed(frames)
-        if self.store.should_stop(payload.job_id):
-            raise ChunkStopped
-        if self.between_batches is not None:
-            self.between_batches()
 
     # finalize
     def finalize(self, payload: FinalizePayload) -> dict[str, Any]:

@@ -11,10 +11,10 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from jobs.contracts import WorkerStatus
+from jobs.rqueue import queue_key
 from jobs.stream_store import StreamStore
 from jobs.streams import StreamStatus
 from service.deps import AuthDep, BrokerDep, SettingsDep
-from service.metrics import queue_key
 from service.queueing import readiness_problem, unavailable
 from service.schemas import ERROR_RESPONSES, ErrorResponse, HealthResponse, QueueDepths, ReadyResponse, StatusResponse
 
