@@ -112,7 +112,7 @@ def payload_of(job: Job) -> dict[str, Any]:
 
 
 def status_of(job: Job) -> str:
-    return str(job.get_status(refresh=False))
+    return JobStatus(job.get_status(refresh=False)).value
 
 
 def cancel_waiting(connection: redis.Redis, job_id: str, expire_s: int | None = None) -> bool:

@@ -54,7 +54,7 @@ def make_task(
         assert frame is not None
         tensor = runtime.detector.to_tensors([frame])[0]
         decoded.set_result(DecodedImage(frame=frame, tensor=tensor, width=frame.shape[1], height=frame.shape[0]))
-    return ImageTask(job=job, queue=None, payload=payload, picked_at=time.time(), decoded=decoded)
+    return ImageTask(job=job, taken=None, payload=payload, picked_at=time.time(), decoded=decoded)
 
 
 def count(runtime: InferenceRuntime, name: str, **labels: str) -> float:
@@ -146,7 +146,7 @@ def test_one_batch_mixes_views_and_resize_rules(runtime: InferenceRuntime, redis
     asked = [{"tta": "off"}, {"tta": "flips"}, {"imgsz": None, "pixel_scale": 0.5}, {"imgsz": None, "pixel_scale": 2.0}]
     tasks = [make_task(runtime, redis_client, index, image, **params) for index, params in enumerate(asked)]
     assert [runtime.views(task) for task in tasks] == [1, 4, 1, 1]
-    assert len({runtime.group_key(task.payload.params) for task in tasks}) == 4
+    assert len({runtime.bucket(task.payload.params, 96, 64) for task in tasks}) == 4
     outcomes = runtime.run(tasks)
     for params, outcome in zip(asked, outcomes, strict=True):
         alone = runtime.detector.detect([image], conf=0.0001, max_det=10, **{"imgsz": 64, **params})[0]

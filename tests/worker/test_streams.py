@@ -25,7 +25,7 @@ from worker.streams import HeldStream, StreamHub
 def hub(redis_connection: redis.Redis, prefix: str) -> Iterator[StreamHub]:
     store = StreamStore(redis_connection, prefix, ttl_s=60)
     settings = Settings(queue_prefix=prefix, stream_allow="127.0.0.1")
-    made = StreamHub(store, inference=None, worker_name="w1", settings=settings, metrics=WorkerMetrics(), max_images=8)
+    made = StreamHub(store, inference=None, worker_name="w1", settings=settings, metrics=WorkerMetrics())
     yield made
     made.close()  # its snapshot thread finishes before the database is flushed
 
@@ -97,17 +97,28 @@ def test_a_frame_over_the_budget_fails_the_stream(hub: StreamHub, redis_connecti
     assert events(redis_connection, hub, stream)[-1] == ("status", {"status": "failed", "error": detail})
 
 
-def test_serve_never_raises(hub: StreamHub) -> None:
+def test_the_newest_frame_waits_in_its_bucket_and_a_failing_pass_never_raises(hub: StreamHub) -> None:
     stream = held(hub)
 
     class Broken:
         def views(self, task: object) -> int:
             return 1
 
+        def bucket(self, params: object, width: int, height: int) -> tuple:
+            return (height, width)
+
+        def cost(self, params: object, width: int, height: int) -> int:
+            return width * height
+
         def upload(self, image: np.ndarray) -> object:
             raise RuntimeError("device lost")
 
     hub.inference = Broken()
+    assert hub.waiting(now=0.0) == []
     stream.source._slot = frame(0)
-    hub.ready.put(stream.source)
-    assert hub.serve(first_timeout_s=0) == 0  # logged, not raised: the worker's loop goes on
+    waiting = hub.waiting(now=0.0)
+    assert [(item.work_class.value, item.bucket, item.since, item.ref) for item in waiting] == [
+        ("stream", (64, 64), frame(0).captured_at, stream)
+    ]
+    assert hub.run(waiting) == 0  # logged, not raised: the worker's loop goes on
+    assert hub.waiting(now=0.0) == []  # the frame was taken

@@ -30,7 +30,7 @@ from tests.synthetic_video import DEFAULT_TARGETS, BrightSpotDetector, write_tes
 from worker.frames import iter_frames
 from worker.metrics import WorkerMetrics
 from worker.runtime import DecodedImage, FrameTask, InferenceRuntime, Outcome
-from worker.video import VideoJobs, merge_chunks
+from worker.video import ChunkRun, ChunkStopped, VideoJobs, merge_chunks
 
 
 class SpotInference:
@@ -180,16 +180,22 @@ def test_cancel_between_batches_stops_the_chunk(
     store = make_store(redis_connection, prefix, tmp_path)
     inference = SpotInference()
     job_id, chunks = submit(store, test_video, chunk_frames=64)
-    served: list[int] = []
-
-    def serve_images_then_cancel() -> None:
-        served.append(len(served))
-        if len(served) == 2:
-            store.set_status(job_id, VideoStatus.CANCELED)
-
-    video = handlers(store, inference, between_batches=serve_images_then_cancel)
-    outcome = video.run_chunk(chunk(store, job_id, 0, 0, 64))
-    assert outcome["stopped"] and len(inference.detector.batch_sizes) == 3  # one batch after the cancel was seen
+    video = handlers(store, inference)
+    run = ChunkRun(video, chunk(store, job_id, 0, 0, 64))
+    assert run.open()
+    try:
+        for passes in range(3):
+            frames = run.ready(timeout_s=5.0)
+            if passes == 2:
+                store.set_status(job_id, VideoStatus.CANCELED)
+                with pytest.raises(ChunkStopped):  # the pass in flight when the cancel came ends the chunk
+                    run.run(frames[:2])
+            else:
+                run.run(frames[:2])
+    finally:
+        run.close()
+    outcome = run.conclude(ChunkStopped())
+    assert outcome["stopped"] and len(inference.detector.batch_sizes) == 3
     assert not store.storage.chunk_path(job_id, 0).exists()
     assert video.finalize(FinalizePayload(prefix=prefix, job_id=job_id))["status"] == "canceled"
     assert store.read(job_id).status == VideoStatus.CANCELED
