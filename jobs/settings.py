@@ -104,6 +104,13 @@ class Settings(BaseSettings):
     interactive_linger_ms: float = Field(
         100.0, ge=0, le=10_000, description="after serving images between video batches, wait this long for more"
     )
+    pass_target_ms: float = Field(
+        250.0,
+        gt=0,
+        le=60_000,
+        description="a forward pass grows only while its measured time would stay under this (its first frame always "
+        "goes), so a cheap request never waits long behind a pass",
+    )
 
     stream_allow: str = Field(
         DEFAULT_STREAM_ALLOW,
