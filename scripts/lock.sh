@@ -20,6 +20,8 @@ lock() {  # lock OUTPUT EXTRA...
   local output=$1 extras=()
   shift
   for extra in "$@"; do extras+=(--extra "$extra"); done
+  # Seeded with the current lock, pip-compile keeps every pin that still satisfies pyproject.toml.
+  if [ -f "$output" ]; then cp "$output" "$work/out.txt"; else rm -f "$work/out.txt"; fi
   CUSTOM_COMPILE_COMMAND="bash scripts/lock.sh" "$work/venv/bin/pip-compile" --quiet --resolver=backtracking --generate-hashes --strip-extras \
     --unsafe-package torch --no-emit-index-url --no-emit-find-links \
     "${extras[@]}" --output-file "$work/out.txt" pyproject.toml "$work/torch-cpu.in" 2>"$work/log" \

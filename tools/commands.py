@@ -7,6 +7,7 @@ masenet bench service [...]                  throughput and latency of POST /det
 masenet bench video [...]                    video throughput with 1 and 2 workers (video_bench)
 masenet bench load [...]                     mixed load for a set time, workers killed along the way (load_bench)
 masenet bench streams [...]                  live camera streams: processed fps, drops, latency (stream_bench)
+masenet bench scheduler [...]                small and big frames and a video on one worker (scheduler_bench)
 """
 
 from __future__ import annotations
@@ -70,11 +71,12 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     )
     bench.set_defaults(func=run_bench_service)
 
-    from tools import load_bench, stream_bench, video_bench
+    from tools import load_bench, scheduler_bench, stream_bench, video_bench
 
     video_bench.register(subparsers, bench_subparsers)
     load_bench.register(subparsers, bench_subparsers)
     stream_bench.register(subparsers, bench_subparsers)
+    scheduler_bench.register(subparsers, bench_subparsers)
 
 
 def run_serve(args: argparse.Namespace) -> int:

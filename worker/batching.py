@@ -1,88 +1,19 @@
-"""Dynamic batching as plain functions, independent of Redis and torch.
+"""Batching helpers as plain functions, independent of Redis and torch (what forms a pass: worker/schedule.py).
 
-`collect_batch` takes items from a `queue.Queue`: it waits for a first item, then keeps taking until the
-batch holds `max_size` images or `max_delay_s` has passed since the first one. Items are weighed by the
-number of images they carry, so a request with several images counts for each of them; an item that
-would overflow the batch is held back as `carry` and opens the next batch.
-
-`AdaptiveBatcher` sizes the batches of a video chunk by the time one pass takes. `group_positions` splits a
-batch into the groups that must run as separate forward passes (e.g. by input size), `split_by_cost` cuts a
+`AdaptiveBatcher` sizes the passes of a video chunk run alone by the time one pass takes. `group_positions`
+splits a batch into the groups that must run as separate forward passes (by bucket), `split_by_cost` cuts a
 group into passes that fit a memory budget, and `pair_outputs` checks that a step returned exactly one output
 per input.
 """
 
 from __future__ import annotations
 
-import queue
-import time
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 Item = TypeVar("Item")
 Output = TypeVar("Output")
 Key = TypeVar("Key", bound=Hashable)
-
-
-def _one(_: object) -> int:
-    return 1
-
-
-@dataclass
-class CollectedBatch(Generic[Item]):
-    """The items of one batch, their total weight, and an item held back for the next batch."""
-
-    items: list[Item] = field(default_factory=list)
-    size: int = 0
-    carry: Item | None = None
-
-
-def collect_batch(
-    source: queue.Queue[Item],
-    max_size: int,
-    max_delay_s: float,
-    *,
-    weight: Callable[[Item], int] = _one,
-    first_timeout_s: float | None = None,
-    carry: Item | None = None,
-    clock: Callable[[], float] = time.monotonic,
-) -> CollectedBatch[Item]:
-    """Collect up to `max_size` images from `source`, waiting at most `max_delay_s` after the first item.
-
-    `first_timeout_s` bounds the wait for the first item (None waits forever, 0 does not wait); an empty
-    batch means nothing arrived. `carry`, an item held back by the previous call, opens the batch. An item
-    heavier than `max_size` on its own forms a batch alone.
-    """
-    if max_size < 1:
-        raise ValueError(f"max_size must be at least 1, got {max_size}")
-    batch: CollectedBatch[Item] = CollectedBatch()
-    first = carry
-    if first is None:
-        try:
-            if first_timeout_s is None:
-                first = source.get()
-            elif first_timeout_s <= 0:
-                first = source.get_nowait()
-            else:
-                first = source.get(timeout=first_timeout_s)
-        except queue.Empty:
-            return batch
-    batch.items.append(first)
-    batch.size = weight(first)
-    deadline = clock() + max_delay_s
-    while batch.size < max_size:
-        remaining = deadline - clock()
-        try:
-            item = source.get(timeout=remaining) if remaining > 0 else source.get_nowait()
-        except queue.Empty:
-            break
-        item_weight = weight(item)
-        if batch.size + item_weight > max_size:
-            batch.carry = item
-            break
-        batch.items.append(item)
-        batch.size += item_weight
-    return batch
 
 
 def group_positions(items: Sequence[Item], key: Callable[[Item], Key]) -> dict[Key, list[int]]:

@@ -64,6 +64,7 @@ class ImageSource:
         self._held: dict[str, ImageTask] = {}
         self._lock = threading.Lock()
         self._intake = threading.Event()  # set while the feeder may pop
+        self._popping = threading.Lock()  # held by the feeder from a pop until its job is held
         self._closed = threading.Event()
         self._decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
         self._completer = ThreadPoolExecutor(1, thread_name_prefix="complete")
@@ -75,8 +76,10 @@ class ImageSource:
         return self
 
     def stop_intake(self) -> None:
-        """Pop no more jobs (a warm shutdown); those held are still run."""
+        """Pop no more jobs (a warm shutdown); those held are still run. Returns once no pop is under way."""
         self._intake.clear()
+        with self._popping:
+            pass
 
     def close(self) -> None:
         """Stop the feeder and wait until every outcome is recorded."""
@@ -133,23 +136,28 @@ class ImageSource:
             if not self._intake.is_set() or len(self._held) >= self.max_held:
                 self._closed.wait(FEED_POLL_S)
                 continue
-            try:
-                taken = self.rq.pop(self.queue_name, timeout_s=FEED_POLL_S)
-            except redis.RedisError as exc:
-                logger.warning("worker %s: cannot pop image jobs: %s", self.rq.name, exc)
-                self._closed.wait(1.0)
-                continue
-            if taken is None:
-                continue
-            if taken.kind is None:
-                self.foreign.put(taken)
-                continue
-            task = self._task(taken)
-            if task is not None:
-                with self._lock:
-                    self._held[task.job.id] = task
-                task.decoded.add_done_callback(lambda _: self.wake.set())
-                self.wake.set()
+            with self._popping:
+                if self._intake.is_set():
+                    self._pop_one()
+
+    def _pop_one(self) -> None:
+        try:
+            taken = self.rq.pop(self.queue_name, timeout_s=FEED_POLL_S)
+        except redis.RedisError as exc:
+            logger.warning("worker %s: cannot pop image jobs: %s", self.rq.name, exc)
+            self._closed.wait(1.0)
+            return
+        if taken is None:
+            return
+        if taken.kind is None:
+            self.foreign.put(taken)
+            return
+        task = self._task(taken)
+        if task is not None:
+            with self._lock:
+                self._held[task.job.id] = task
+            task.decoded.add_done_callback(lambda _: self.wake.set())
+            self.wake.set()
 
     def _task(self, taken: rqueue.Taken) -> ImageTask | None:
         """Validate the payload, measure the queue wait, start decoding (or note why not)."""

@@ -158,11 +158,11 @@ class ChunkRun:
         """The decoded frames not yet run, oldest first, waiting up to `timeout_s` for one; raises what the
         reader raised."""
         assert self.reader is not None
-        source = self.reader.pending
+        source, room = self.reader.pending, 2 * self.jobs.max_images  # decoded frames held: bounded memory
         try:
             if timeout_s > 0 and not self.pending:
                 self.pending.append(source.get(timeout=timeout_s))
-            while True:
+            while len(self.pending) < room:
                 self.pending.append(source.get_nowait())
         except queue.Empty:
             pass

@@ -1,4 +1,4 @@
-"""worker.video: chunks through the batching path (collect_batch + the runtime step), finalize, tracking, cancel.
+"""worker.video: chunks pulled pass by pass through the runtime step, finalize, tracking, cancel.
 
 The inference step is a stand-in that finds bright squares (tests.synthetic_video.BrightSpotDetector) behind
 the same `FrameInference` interface as the worker's runtime, so positions and tracks can be checked exactly;
