@@ -197,9 +197,8 @@ class BatchingWorker(rqueue.RqWorker):
             worked = worked or ran
             if not ran:
                 worked = self._run_foreign() or worked
-            self._maybe_heartbeat()
-            busy = self.loop.busy or (self.images is not None and not self.foreign.empty())
-            self.rq_busy(busy)
+            busy = self.loop.busy or not self.foreign.empty()
+            self._maybe_heartbeat(busy)
             if not busy and not ran and (stopping or (burst and self._queues_empty())):
                 return worked
 
@@ -256,10 +255,12 @@ class BatchingWorker(rqueue.RqWorker):
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, stop)
 
-    def _maybe_heartbeat(self) -> None:
-        if time.monotonic() - self._last_rq_heartbeat > RQ_HEARTBEAT_S:
-            self._last_rq_heartbeat = time.monotonic()
-            try:
+    def _maybe_heartbeat(self, busy: bool) -> None:
+        """rq's view of this worker: busy or idle (a change is written at once) and its heartbeat."""
+        try:
+            self.rq_busy(busy)
+            if time.monotonic() - self._last_rq_heartbeat > RQ_HEARTBEAT_S:
+                self._last_rq_heartbeat = time.monotonic()
                 self.rq_heartbeat()
-            except redis.RedisError as exc:
-                logger.warning("worker %s: heartbeat failed: %s", self.name, exc)
+        except redis.RedisError as exc:
+            logger.warning("worker %s: heartbeat failed: %s", self.name, exc)

@@ -1,8 +1,10 @@
-"""Interactive images go first while a video runs, and the worker lingers for a client's next frame.
+"""Images and a video share one worker: frames are answered while the video runs, and the video is never starved.
 
-One real `masenet worker` process (tiny random-init model) runs a long video; /detect requests sent one
-after another must be answered while the video is still running, and, within the linger window, the video
-must not advance between two consecutive answers (the next frame is served before the video resumes).
+One real `masenet worker` process (tiny random-init model) runs a long video while a client sends /detect
+requests one after another, with a long linger window. Every frame must be answered while the video is still
+running, and the video must keep advancing between them: the scheduling loop guarantees a waiting video its
+share of the device (worker/schedule.py), however eagerly a client sends frames. (That the loop lingers for a
+client's next frame once the video had its share is tested with a fake clock in test_schedule.py.)
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def frames_done(client: TestClient, job_id: str) -> tuple[str, int]:
     return state["status"], state["progress"]["frames_done"]
 
 
-def test_images_are_served_mid_video_and_the_worker_lingers_for_the_next(
+def test_images_are_served_mid_video_and_the_video_is_never_starved(
     stack: tuple[TestClient, WorkerProcess], tmp_path: Path
 ) -> None:
     client, worker = stack
@@ -68,14 +70,13 @@ def test_images_are_served_mid_video_and_the_worker_lingers_for_the_next(
         time.sleep(0.05)
 
     seen = []
-    for seed in range(4):
+    for seed in range(12):
         answer = client.post("/detect", files={"image": ("frame.png", png_bytes(seed=seed), "image/png")})
         assert answer.status_code == 200, answer.text
         seen.append(frames_done(client, job_id))
     statuses, progress = zip(*seen, strict=True)
     assert set(statuses) == {"started"}, f"images must be served while the video runs: {seen}"
-    assert 0 < progress[0] < FRAMES
-    assert len(set(progress)) == 1, f"the video advanced between consecutive frames of one client: {progress}"
+    assert 0 < progress[0] < progress[-1] < FRAMES, f"the video must advance while a client sends frames: {progress}"
 
     deadline = time.monotonic() + 240
     while frames_done(client, job_id)[0] != "finished":
