@@ -27,7 +27,7 @@ from rq.job import Dependency, Job, JobStatus
 from rq.job_lifecycle import record_job_failure
 from rq.serializers import JSONSerializer
 from rq.utils import now
-from rq.worker import SimpleWorker
+from rq.worker import SimpleWorker, Worker
 from rq.worker import WorkerStatus as RqWorkerStatus
 
 from jobs.contracts import JOB_FUNCTION, JobKind
@@ -152,6 +152,55 @@ def claim(connection: redis.Redis, job: Job, worker_name: str) -> None:
     """Name the worker in the job before it starts, so that the job can be retried if that worker dies."""
     job.worker_name = worker_name
     connection.hset(job.key, "worker_name", worker_name)
+
+
+SCAN_COUNT = 500
+
+
+def forget_prefix(client: redis.Redis, prefix: str) -> None:
+    """Delete what a stack with queue prefix `prefix` left in a shared Redis, and nothing of other prefixes.
+
+    `client` decodes responses. That is the prefix's own keys (`<prefix>:*`), rq's keys named after its queues or
+    workers (`rq:*<prefix>*`), its jobs with every key named after their ids (`rq:job:<id>`, its dependents and
+    dependencies, `rq:results:<id>`, `rq:executions:<id>`, ...: their names do not carry the prefix, so they are
+    found through the job's origin queue), the results streams of its workers, and its entries in rq's global
+    sets of queues and workers.
+    """
+    job_prefix, worker_prefix = Job.redis_job_namespace_prefix, Worker.redis_worker_namespace_prefix
+    doomed = {key for pattern in (f"{prefix}:*", f"rq:*{prefix}*") for key in _scan(client, pattern)}
+    ids = set()
+    for key in _scan(client, f"{job_prefix}*"):
+        job_id = key.removeprefix(job_prefix)
+        if ":" not in job_id and (client.hget(key, "origin") or "").startswith(f"{prefix}:"):
+            ids.add(job_id)
+    if ids:
+        doomed |= {key for key in _scan(client, "rq:*") if ids & set(key.split(":"))}
+    state_keys = f"{prefix}:workers:"
+    names = {key.removeprefix(state_keys) for key in doomed if key.startswith(state_keys)}
+    for key in _scan(client, f"{worker_prefix}*"):
+        if client.type(key) == "hash" and f"{prefix}:" in (client.hget(key, "queues") or ""):
+            names.add(key.removeprefix(worker_prefix))
+    doomed |= {f"{worker_prefix}{name}" for name in names}
+    for key in _scan(client, "rq:results:*"):
+        latest = client.xrevrange(key, count=1) if client.type(key) == "stream" else []
+        if latest and latest[0][1].get("worker_name") in names:
+            doomed.add(key)
+    workers = {member for member in client.smembers(Worker.redis_workers_keys) if prefix in member}
+    workers |= {f"{worker_prefix}{name}" for name in names}
+    queues = [member for member in client.smembers(Queue.redis_queues_keys) if prefix in member]
+    with client.pipeline() as pipeline:
+        if workers:
+            pipeline.srem(Worker.redis_workers_keys, *workers)
+        if queues:
+            pipeline.srem(Queue.redis_queues_keys, *queues)
+        ordered = sorted(doomed)
+        for start in range(0, len(ordered), SCAN_COUNT):
+            pipeline.delete(*ordered[start : start + SCAN_COUNT])
+        pipeline.execute()
+
+
+def _scan(client: redis.Redis, pattern: str) -> list[str]:
+    return list(client.scan_iter(match=pattern, count=SCAN_COUNT))
 
 
 # abandoned jobs: a worker publishes `<prefix>:workers:<name>` with a TTL while it lives and names itself in the

@@ -62,6 +62,8 @@ CONTRACT_METRICS = {
     "masenet_stream_latency_seconds",
     "masenet_stream_reconnects_total",
     "masenet_streams_held",
+    "masenet_scheduler_wait_seconds",
+    "masenet_scheduler_passes_total",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 

@@ -165,6 +165,8 @@ def test_dashboard_covers_every_topic() -> None:
         "histogram_quantile(0.95, sum by (le) (rate(masenet_stream_latency_seconds_bucket",
         "masenet_stream_reconnects_total",
         "masenet_streams_held",
+        "histogram_quantile(0.95, sum by (le, class) (rate(masenet_scheduler_wait_seconds_bucket",
+        "sum by (class) (rate(masenet_scheduler_passes_total",
     ):
         assert needle in exprs, f"no dashboard query uses {needle}"
 
