@@ -5,8 +5,8 @@
     waiting         the decoded jobs, each with its bucket (padded input shape, resize rule, views, Grad-CAM);
                     a job that failed before inference (bad payload, bad image, deadline passed) is answered
                     at once
-    run             the loop's chosen pass: jobs whose client left are skipped, the rest run through
-                    `InferenceRuntime.run` and each is answered
+    take, run       the loop's chosen pass, taken at once and run in a lane's thread: jobs whose client left
+                    are skipped, the rest run through `InferenceRuntime.run` and each is answered
     completer       one thread records every job through rq (started, then finished or failed) and pushes the
                     reply the API waits for, so Redis round trips never hold the device
 
@@ -110,25 +110,29 @@ class ImageSource:
                 image = task.decoded.result()
                 bucket = self.runtime.bucket(task.params, image.width, image.height)
                 cost = self.runtime.cost(task.params, image.width, image.height)
-                since = task.payload.enqueued_at
-                ready.append(Waiting(self.work_class, bucket, since, self.runtime.views(task), cost, ref=task))
+                since, views, beside = task.payload.enqueued_at, self.runtime.views(task), not task.params.gradcam
+                ready.append(Waiting(self.work_class, bucket, since, views, cost, ref=task, beside=beside))
         if failed:
-            self.run_tasks(failed)  # answered with their failure, no forward pass
+            self.run(self._take(failed))  # answered with their failure, no forward pass
         return ready
 
-    def run(self, items: Sequence[Waiting]) -> None:
-        self.run_tasks([item.ref for item in items])
+    def take(self, items: Sequence[Waiting]) -> list[ImageTask]:
+        return self._take([item.ref for item in items])
 
-    def run_tasks(self, tasks: list[ImageTask]) -> None:
-        with self._lock:
-            for task in tasks:
-                self._held.pop(task.job.id, None)
+    def run(self, tasks: list[ImageTask]) -> None:
+        """One pass (any thread): the jobs whose client left are skipped, the others run and are answered."""
         tasks = self._still_wanted(tasks)
         if not tasks:
             return
         self._complete(self._start, tasks)
         outcomes = self.runtime.run(tasks)
         self._complete(self._finish, tasks, outcomes)
+
+    def _take(self, tasks: list[ImageTask]) -> list[ImageTask]:
+        with self._lock:
+            for task in tasks:
+                self._held.pop(task.job.id, None)
+        return tasks
 
     # feeder thread
     def _feed(self) -> None:

@@ -166,7 +166,6 @@ class InferenceRuntime:
     # setup
     def load(self) -> ModelInfo:
         """Load the detector once (raises on failure) and run a small warm-up forward."""
-        import torch
 
         from model.detector import Detector
 
@@ -180,14 +179,20 @@ class InferenceRuntime:
             tta=self.settings.tta,
             runtime=self.settings.runtime,
         )
-        with torch.inference_mode():
-            detector.detect([np.zeros((WARMUP_SIZE, WARMUP_SIZE, 3), dtype=np.uint8)], imgsz=WARMUP_SIZE)
-        self.metrics.model_load.set(time.perf_counter() - started)
         self.detector = detector
+        self.warm_up()
+        self.metrics.model_load.set(time.perf_counter() - started)
         info = dict(detector.info)
         info["weights_sha256"] = info.get("weights_sha256") or ""
         self.model_info = ModelInfo.model_validate(info)
         return self.model_info
+
+    def warm_up(self) -> None:
+        """A small forward pass in this thread (a runtime may keep per-thread state, such as OpenVINO's)."""
+        import torch
+
+        with torch.inference_mode():
+            self.detector.detect([np.zeros((WARMUP_SIZE, WARMUP_SIZE, 3), dtype=np.uint8)], imgsz=WARMUP_SIZE)
 
     def views(self, task: Task) -> int:
         """Images a task adds to a forward pass: its frame times its test-time views."""

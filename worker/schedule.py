@@ -17,8 +17,13 @@ padded to another frame's shape and an answer never depends on what else was wai
               most `pass_target_s` (its first item always goes); an image pass that is not full waits up to
               `max_delay_s` after its oldest item for more
 
+    express   while a pass estimated to take longer than `express_after_s` runs, `express_pass` picks cheap
+              image frames (a single frame estimated at most `pass_target_s`, no Grad-CAM) to run beside it,
+              so a small frame never waits for a big one to finish
+
 Device time per class decays with a time constant of SHARE_WINDOW_S, so the share follows the last seconds of
-work. `SchedulerState.observe` records each pass. Nothing here touches Redis, threads or torch.
+work. `SchedulerState.observe` records each pass; the time per pixel is learnt from passes that ran alone.
+Nothing here touches Redis, threads or torch.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class Waiting:
     images: int = 1  # images it adds to a pass: its test-time views
     cost: int = 1  # network-input pixels, views and Grad-CAM counted (jobs.contracts.frame_cost)
     ref: Any = field(default=None, compare=False)  # the source's own handle
+    beside: bool = True  # may run in the express lane, beside another pass (not Grad-CAM: it needs autograd)
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class Policy:
     video_share: float = 0.5
     stream_patience_s: float = 0.25
     linger_s: float = 0.1
+    express_after_s: float | None = 0.5  # a pass estimated longer lets cheap images run beside it (None: never)
 
 
 @dataclass(frozen=True)
@@ -81,11 +88,12 @@ class SchedulerState:
     seconds_per_cost: float | None = None
     last_image_end: float = -math.inf
 
-    def observe(self, work_class: WorkClass, cost: int, seconds: float, now: float) -> None:
-        """Record a pass of `cost` input pixels that took `seconds` and ended at `now`."""
+    def observe(self, work_class: WorkClass, cost: int, seconds: float, now: float, alone: bool = True) -> None:
+        """Record a pass of `cost` input pixels that took `seconds` and ended at `now` (`alone`: no other pass ran
+        beside it, so its time measures the device)."""
         self._decay(now)
         self.busy[work_class] += seconds
-        if cost > 0 and seconds > 0:
+        if alone and cost > 0 and seconds > 0:
             rate = seconds / cost
             previous = self.seconds_per_cost
             self.seconds_per_cost = rate if previous is None else 0.7 * previous + 0.3 * rate
@@ -132,6 +140,29 @@ def next_pass(waiting: Sequence[Waiting], now: float, state: SchedulerState, pol
             return Wait(lingering_until)
         return _fill(WorkClass.VIDEO, _oldest_bucket(videos), state, policy)
     return None
+
+
+def express_pass(
+    waiting: Sequence[Waiting], now: float, state: SchedulerState, policy: Policy, running: Pass
+) -> Pass | None:
+    """A pass of cheap image frames to run beside `running`, an expensive pass, or None.
+
+    Only when `running` is estimated to take longer than `express_after_s`, and only image frames that may run
+    beside another pass, in buckets whose single frame is estimated at most `pass_target_s`: a cheap request then
+    does not wait for an expensive one to finish.
+    """
+    if policy.express_after_s is None or state.seconds_per_cost is None:
+        return None
+    if state.estimate_s(sum(item.cost for item in running.items)) <= policy.express_after_s:
+        return None
+    cheap = [
+        item
+        for item in waiting
+        if item.work_class is WorkClass.IMAGE and item.beside and state.estimate_s(item.cost) <= policy.pass_target_s
+    ]
+    if not cheap:
+        return None
+    return _fill(WorkClass.IMAGE, _image_bucket(cheap, now, state), state, policy)
 
 
 def _buckets(items: Sequence[Waiting]) -> dict[Hashable, list[Waiting]]:

@@ -6,8 +6,9 @@
                        claiming, so streams spread over the workers
     reader threads     one `StreamSource` per stream: decode, cap the frame rate, newest frame wins, and ring the
                        doorbell that wakes the worker's scheduling loop
-    loop thread        `waiting` offers each stream's newest frame (in its bucket) to the loop (worker/loop.py);
-                       `run` runs the frames the loop chose through `InferenceRuntime.run` as one pass, then per
+    loop thread        `waiting` offers each stream's newest frame (in its bucket) to the loop (worker/loop.py),
+                       which `take`s the frames it chose
+    lane thread        `run` runs them through `InferenceRuntime.run` as one pass, then per
                        stream: track, publish the frame event (and track_started / track_ended) to the capped
                        Redis stream, and now and then an annotated JPEG snapshot (encoded in a side thread)
 
@@ -187,22 +188,31 @@ class StreamHub:
             waiting.append(Waiting(WorkClass.STREAM, bucket, captured.captured_at, views, cost, ref=stream))
         return waiting
 
-    def run(self, items: Sequence[Waiting]) -> int:
-        """Run the chosen streams' newest frames as one pass and publish their events; the frames run.
+    def take(self, items: Sequence[Waiting]) -> list[tuple[HeldStream, CapturedFrame]]:
+        """The chosen streams' newest frames, taken out of their slots."""
+        taken = []
+        for item in items:
+            stream: HeldStream = item.ref
+            captured = stream.source.take()
+            if captured is not None:
+                taken.append((stream, captured))
+        return taken
+
+    def run(self, taken: list[tuple[HeldStream, CapturedFrame]]) -> int:
+        """Run the taken frames as one pass and publish their events; the frames run.
 
         Never raises: a failure here would end the worker's loop, and with it every job and stream it serves.
         """
         try:
-            return self._run([item.ref for item in items])
+            return self._run(taken)
         except Exception:
             logger.exception("worker %s: a pass of stream frames failed", self.worker_name)
             return 0
 
-    def _run(self, streams: list[HeldStream]) -> int:
+    def _run(self, taken: list[tuple[HeldStream, CapturedFrame]]) -> int:
         work: list[tuple[HeldStream, CapturedFrame, FrameTask]] = []
-        for stream in streams:
-            captured = stream.source.take()
-            if captured is None or self._held.get(stream.stream_id) is not stream:
+        for stream, captured in taken:
+            if self._held.get(stream.stream_id) is not stream:
                 continue
             task = FrameTask(
                 index=captured.index,

@@ -123,8 +123,9 @@ class FrameReader:
 
 
 class ChunkRun:
-    """One chunk in progress, pulled from: `ready()` gives the decoded frames not yet run, `run(frames)` runs one
-    pass of them, and once `done`, `conclude()` writes the chunk's result (or says why it stopped).
+    """One chunk in progress, pulled from: `ready()` gives the decoded frames not yet run, `take(frames)` and
+    `run(frames)` run one pass of them, and once `done`, `conclude()` writes the chunk's result (or says why it
+    stopped).
 
     The worker's scheduling loop pulls passes from it between its other work; `VideoJobs.run_chunk` drives one
     alone, in passes sized by `AdaptiveBatcher`.
@@ -173,10 +174,13 @@ class ChunkRun:
     def done(self) -> bool:
         return self.reader is not None and not self.pending and self.reader.finished()
 
-    def run(self, tasks: list[FrameTask]) -> None:
-        """One pass; progress counted; ChunkStopped when the job was canceled or failed elsewhere meanwhile."""
+    def take(self, tasks: list[FrameTask]) -> None:
+        """Take frames out of `ready()`'s list before they run."""
         taken = {id(task) for task in tasks}
         self.pending = [task for task in self.pending if id(task) not in taken]
+
+    def run(self, tasks: list[FrameTask]) -> None:
+        """One pass of taken frames; progress counted; ChunkStopped when the job was canceled or failed meanwhile."""
         self.frames += self.jobs.run_frames(tasks)
         store, job_id = self.jobs.store, self.payload.job_id
         store.add_progress(job_id, len(tasks), chunk=self.payload.index)
@@ -249,6 +253,7 @@ class VideoJobs:
                     batch.append(frame)
                 if batch:
                     tick = time.perf_counter()
+                    chunk.take(batch)
                     chunk.run(batch)
                     batcher.observe(sum(map(self.inference.views, batch)), time.perf_counter() - tick)
         except Exception as exc:

@@ -5,8 +5,8 @@
                thread (it merges, tracks and renders without the model, so the device is not held for it);
                a job of another function goes to `foreign`, which the worker runs the rq way
     waiting    the chunk's decoded frames, all in one bucket (one video, one size, one set of parameters)
-    run        the loop's chosen pass; once every frame ran, the chunk's result is written and its job
-               finished in rq (which releases the finalize step after the last chunk)
+    run        the loop's chosen pass, one at a time; once every frame ran, the chunk's result is written and
+               its job finished in rq (which releases the finalize step after the last chunk)
 
 A chunk that fails fails its job and the video job with the reason; one whose video was canceled stops at its
 next pass.
@@ -59,6 +59,8 @@ class VideoSource:
         self.intake = True
         self.chunk: ChunkRun | None = None
         self._taken: rqueue.Taken | None = None
+        self._in_flight = False  # a pass of the chunk runs in a lane
+        self._error: BaseException | None = None  # what that pass raised
         self._looked = -float("inf")
         self._finalizer = ThreadPoolExecutor(1, thread_name_prefix="finalize")
         self._finalizing = 0
@@ -72,12 +74,15 @@ class VideoSource:
             self.chunk.close()
         self._finalizer.shutdown(wait=True)
 
-    # the loop's side
+    # the loop's side (its thread), but `run`
     def waiting(self, now: float) -> list[Waiting]:
         if self.chunk is None:
             self._take_next()
         chunk = self.chunk
-        if chunk is None:
+        if chunk is None or self._in_flight:
+            return []  # one pass of a chunk at a time, and its outcome is known before the next
+        if self._error is not None:
+            self._end(self._error)
             return []
         try:
             frames = chunk.ready()
@@ -89,12 +94,22 @@ class VideoSource:
             return []
         return [self._waiting(frame) for frame in frames]
 
-    def run(self, items: Sequence[Waiting]) -> None:
+    def take(self, items: Sequence[Waiting]) -> tuple[ChunkRun, list[FrameTask]]:
         assert self.chunk is not None
+        frames = [item.ref for item in items]
+        self.chunk.take(frames)
+        self._in_flight = True
+        return self.chunk, frames
+
+    def run(self, taken: tuple[ChunkRun, list[FrameTask]]) -> None:
+        """A lane's thread: one pass of the chunk; an error is kept for the loop thread to conclude with."""
+        chunk, frames = taken
         try:
-            self.chunk.run([item.ref for item in items])
+            chunk.run(frames)
         except Exception as exc:
-            self._end(exc)
+            self._error = exc
+        finally:
+            self._in_flight = False
 
     def _waiting(self, frame: FrameTask) -> Waiting:
         height, width = frame.image.shape[:2]
@@ -142,7 +157,7 @@ class VideoSource:
         """Record the running chunk's outcome in rq and let it go."""
         chunk, taken = self.chunk, self._taken
         assert chunk is not None and taken is not None
-        self.chunk = self._taken = None
+        self.chunk = self._taken = self._error = None
         chunk.close()
         try:
             result = chunk.conclude(error)

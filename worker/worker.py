@@ -3,7 +3,8 @@
     ImageSource     image jobs popped ahead and decoded in a pool (worker/images.py)
     StreamHub       the newest frame of every held live stream (worker/streams.py)
     VideoSource     the frames of the running video chunk; finalize steps in a side thread (worker/video_source.py)
-    SchedulingLoop  what runs next: one pass from one bucket, chosen by worker/schedule.py (worker/loop.py)
+    SchedulingLoop  what runs next: one pass from one bucket, chosen by worker/schedule.py, run in a main lane,
+                    and cheap images in an express lane beside an expensive pass (worker/loop.py)
 
 rq sits behind `jobs.rqueue.RqWorker`, an rq `SimpleWorker` (no fork after CUDA starts): this class registers
 in rq's worker registry, pops and records jobs only through it, and runs jobs of other functions the rq way.
@@ -169,8 +170,10 @@ class BatchingWorker(rqueue.RqWorker):
             video_share=VIDEO_SHARE,
             stream_patience_s=STREAM_PATIENCE_S,
             linger_s=settings.interactive_linger_ms / 1000.0,
+            express_after_s=2 * settings.pass_target_ms / 1000.0,
         )
         self.loop = SchedulingLoop(sources, policy, self.metrics, wake=self.wake)
+        self.loop.on_lanes(runtime.warm_up)  # each lane's thread readies its runtime before the first job
         self._reaper = Reaper(self.connection, settings)
         self._reaper.start()
         self.metrics.up.set(1)
@@ -231,6 +234,8 @@ class BatchingWorker(rqueue.RqWorker):
             self.streams.close()  # the leases go back at once: other workers take the streams over
 
     def _close(self) -> None:
+        if self.loop is not None:
+            self.loop.close()
         if self._reaper is not None:
             self._reaper.stop()
         if self.streams is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.schedule import Pass, Policy, SchedulerState, Wait, Waiting, WorkClass, next_pass
+from worker.schedule import Pass, Policy, SchedulerState, Wait, Waiting, WorkClass, express_pass, next_pass
 
 SMALL = ((384, 480), 1.5, "off")  # a 320x256 frame's bucket
 BIG = ((1536, 1920), 1.5, "off")  # a 1280x1024 frame's bucket
@@ -131,3 +131,28 @@ def test_share_decays_with_time() -> None:
     assert state.share(WorkClass.VIDEO, 0.0) == pytest.approx(0.5)
     state.observe(WorkClass.IMAGE, SMALL_COST, 1.0, now=20.0)  # the old seconds have faded
     assert state.share(WorkClass.VIDEO, 20.0) < 0.05
+
+
+def test_cheap_images_run_beside_an_expensive_pass_only() -> None:
+    state, policy = measured(), Policy(pass_target_s=0.25, express_after_s=0.5)
+    big_pass = Pass(WorkClass.IMAGE, (image(0.0, BIG, BIG_COST),))  # about 0.9 s
+    small_pass = Pass(WorkClass.IMAGE, (image(0.0),))  # about 55 ms
+    waiting = [image(0.1, BIG, BIG_COST), image(0.2), image(0.3)]
+    beside = express_pass(waiting, 1.0, state, policy, big_pass)
+    assert isinstance(beside, Pass) and [item.since for item in beside.items] == [0.2, 0.3]
+    assert express_pass(waiting, 1.0, state, policy, small_pass) is None  # nothing long to run beside
+    assert express_pass([image(0.1, BIG, BIG_COST)], 1.0, state, policy, big_pass) is None  # no cheap frame waits
+    gradcam = [Waiting(WorkClass.IMAGE, SMALL, 0.2, 1, SMALL_COST, beside=False)]
+    assert express_pass(gradcam, 1.0, state, policy, big_pass) is None
+    video = [frame(WorkClass.VIDEO, 0.2)]
+    assert express_pass(video, 1.0, state, policy, big_pass) is None
+    assert express_pass(waiting, 1.0, SchedulerState(), policy, big_pass) is None  # the device is not measured yet
+    assert express_pass(waiting, 1.0, state, Policy(express_after_s=None), big_pass) is None
+
+
+def test_only_passes_that_ran_alone_measure_the_device() -> None:
+    state = SchedulerState()
+    state.observe(WorkClass.IMAGE, 1000, 1.0, now=1.0, alone=False)
+    assert state.seconds_per_cost is None
+    state.observe(WorkClass.IMAGE, 1000, 1.0, now=2.0)
+    assert state.seconds_per_cost == pytest.approx(1e-3)

@@ -120,5 +120,6 @@ def test_the_newest_frame_waits_in_its_bucket_and_a_failing_pass_never_raises(hu
     assert [(item.work_class.value, item.bucket, item.since, item.ref) for item in waiting] == [
         ("stream", (64, 64), frame(0).captured_at, stream)
     ]
-    assert hub.run(waiting) == 0  # logged, not raised: the worker's loop goes on
+    taken = hub.take(waiting)
     assert hub.waiting(now=0.0) == []  # the frame was taken
+    assert hub.run(taken) == 0  # logged, not raised: the worker's loop goes on
