@@ -1,16 +1,19 @@
 """`masenet bench scheduler`: small frames, big frames and a video on one worker, with the shipped defaults.
 
 A private stack (redis-server, one `masenet worker`, one `masenet serve`, the shipped weights at their own
-pixel scale and views) is measured in two phases:
+pixel scale and views) is measured in three phases:
 
     alone   each small frame answered on an idle service (its reference answer and latency), big frames one at
             a time, and the video job on its own
+    beside  three big frames posted at once and, 0.1 s later, the six small frames one after another, then
+            the same with the six posted at once
     mixed   --small-clients clients posting small frames and --big-clients posting big frames, continuously,
             for --duration seconds, with the same video job submitted after the first seconds
 
-It prints per class (small, big, video) p50 / p95 latency and images/s in both phases, how many small answers
+It prints per class (small, big, video) p50 / p95 latency and images/s alone and mixed, how many small answers
 under load differ from their reference (another count, a score off by more than 1e-4 or a box by more than
-0.05 px), the ratio of the small to the big median, and the video's time under load against alone.
+0.05 px), the ratio of the small to the big median, the video's time under load against alone, and the
+small and big medians of the "beside" phase with the small answers compared to alone.
 Nothing heavy is imported at module level.
 """
 
@@ -89,6 +92,24 @@ async def run_video(client: Any, clip: bytes) -> float:
     return time.perf_counter() - started
 
 
+async def six_beside_three(client: Any, small: list[bytes], big: list[bytes], references: list, together: bool) -> str:
+    """Three big frames posted at once and, right after, the six small frames one after another (or all at once)."""
+    bigs = [asyncio.create_task(timed(client, png)) for png in big[:3]]
+    await asyncio.sleep(0.1)
+    if together:
+        smalls = await asyncio.gather(*(timed(client, png) for png in small))
+    else:
+        smalls = [await timed(client, png) for png in small]
+    big_ms = percentile([latency for latency, _ in await asyncio.gather(*bigs)], 0.5)
+    small_ms = percentile([latency for latency, _ in smalls], 0.5)
+    same = sum(same_answer(reference, answer) for reference, (_, answer) in zip(references, smalls, strict=True))
+    how = "all at once" if together else "one after another"
+    return (
+        f"six small frames ({how}) beside three big ones: small median {small_ms:,.0f} ms, big median "
+        f"{big_ms:,.0f} ms, ratio {small_ms / big_ms:.3f}, {same} of {len(smalls)} answers identical to alone"
+    )
+
+
 async def measure(url: str, small: list[bytes], big: list[bytes], clip: bytes, args: argparse.Namespace) -> str:
     from service.client import AsyncClient
 
@@ -105,6 +126,7 @@ async def measure(url: str, small: list[bytes], big: list[bytes], clip: bytes, a
         for png in big[:3]:
             alone["big"].latencies_ms.append((await timed(client, png))[0])
         video_alone = await run_video(client, clip)
+        beside = [await six_beside_three(client, small, big, references, together) for together in (False, True)]
 
         mixed = {"small": ClassResult(), "big": ClassResult()}
         differing = 0
@@ -148,6 +170,7 @@ async def measure(url: str, small: list[bytes], big: list[bytes], clip: bytes, a
         f"small / big median under load: {ratio:.3f}",
         f"small answers under load that differ from the same frame alone: {differing} of "
         f"{len(mixed['small'].latencies_ms)}",
+        *beside,
     ]
     return "\n".join(lines)
 

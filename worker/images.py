@@ -94,10 +94,6 @@ class ImageSource:
     def busy(self) -> bool:
         return bool(self._held)
 
-    def flush(self) -> None:
-        """Wait until the outcomes recorded so far are in Redis."""
-        self._completer.submit(lambda: None).result()
-
     # the loop's side
     def waiting(self, now: float) -> list[Waiting]:
         with self._lock:
