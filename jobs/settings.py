@@ -102,7 +102,11 @@ class Settings(BaseSettings):
     max_video_pixels: int = Field(4096 * 2160, ge=1, description="413 when a video frame has more pixels")
     video_chunk_frames: int = Field(256, ge=1, description="frames per video chunk job (the unit workers share)")
     interactive_linger_ms: float = Field(
-        100.0, ge=0, le=10_000, description="after serving images between video batches, wait this long for more"
+        100.0,
+        ge=0,
+        le=10_000,
+        description="after serving images between video batches, wait this long for more (once the video had its "
+        "share)",
     )
     pass_target_ms: float = Field(
         250.0,
