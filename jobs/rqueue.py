@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -50,7 +50,6 @@ class NewJob:
     result_ttl: int
     failure_ttl: int
     ttl: int | None = None
-    options: dict[str, Any] = field(default_factory=dict)
 
     def data(self) -> Any:
         return Queue.prepare_data(
@@ -109,10 +108,6 @@ def fetch(connection: redis.Redis, job_id: str) -> Job | None:
 
 def payload_of(job: Job) -> dict[str, Any]:
     return dict((job.kwargs or {}).get("payload") or {})
-
-
-def status_of(job: Job) -> str:
-    return JobStatus(job.get_status(refresh=False)).value
 
 
 def cancel_waiting(connection: redis.Redis, job_id: str, expire_s: int | None = None) -> bool:

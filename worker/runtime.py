@@ -166,7 +166,6 @@ class InferenceRuntime:
     # setup
     def load(self) -> ModelInfo:
         """Load the detector once (raises on failure) and run a small warm-up forward."""
-
         from model.detector import Detector
 
         started = time.perf_counter()

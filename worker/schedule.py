@@ -62,8 +62,8 @@ class Policy:
     max_pass_cost: int = 48_000_000
     pass_target_s: float = 0.25
     max_delay_s: float = 0.005
-    video_share: float = 0.5
-    stream_patience_s: float = 0.25
+    video_share: float = 0.5  # the recent device time a waiting video is guaranteed
+    stream_patience_s: float = 0.25  # a live frame that waited this long goes before images
     linger_s: float = 0.1
     express_after_s: float | None = 0.5  # a pass estimated longer lets cheap images run beside it (None: never)
 

@@ -37,10 +37,11 @@ from jobs.video import (
     VideoSummary,
 )
 from model.tracking import TrackerConfig, track_sequence
-from worker.batching import AdaptiveBatcher, pair_outputs
+from worker.batching import pair_outputs
 from worker.frames import iter_frames
 from worker.render import render_annotated
 from worker.runtime import DecodedImage, FrameTask, Outcome
+from worker.schedule import Pass, Policy, SchedulerState, Waiting, WorkClass, next_pass
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class ChunkRun:
     stopped).
 
     The worker's scheduling loop pulls passes from it between its other work; `VideoJobs.run_chunk` drives one
-    alone, in passes sized by `AdaptiveBatcher`.
+    alone, its passes chosen by the same policy (`worker.schedule.next_pass`, a frame's views as its cost).
     """
 
     def __init__(self, jobs: VideoJobs, payload: ChunkPayload) -> None:
@@ -233,7 +234,7 @@ class VideoJobs:
     inference: FrameInference
     worker_name: str
     max_images: int = 8  # images per forward pass, views counted (MASENET_MAX_BATCH)
-    batch_time_target_s: float = 0.1  # run_chunk sizes its passes to take about this long
+    pass_target_s: float = 0.1  # run_chunk sizes its passes to take about this long
     frames_processed: Callable[[int], None] | None = None  # metrics hook: frames run through the model
 
     # chunk
@@ -243,19 +244,20 @@ class VideoJobs:
         try:
             if not chunk.open():
                 return {"index": payload.index, "stopped": True}
-            batcher = AdaptiveBatcher(self.max_images, self.batch_time_target_s)
+            state, policy = SchedulerState(), Policy(max_images=self.max_images, pass_target_s=self.pass_target_s)
             while not chunk.done:
-                frames = chunk.ready(timeout_s=READ_POLL_S)
-                batch: list[FrameTask] = []
-                for frame in frames:
-                    if batch and sum(map(self.inference.views, batch + [frame])) > batcher.size:
-                        break
-                    batch.append(frame)
-                if batch:
+                waiting = []
+                for frame in chunk.ready(timeout_s=READ_POLL_S):
+                    views = self.inference.views(frame)  # a frame's cost: the time per cost is then per image
+                    waiting.append(Waiting(WorkClass.VIDEO, None, frame.picked_at, views, views, ref=frame))
+                chosen = next_pass(waiting, time.time(), state, policy)
+                if isinstance(chosen, Pass):
+                    batch = [item.ref for item in chosen.items]
                     tick = time.perf_counter()
                     chunk.take(batch)
                     chunk.run(batch)
-                    batcher.observe(sum(map(self.inference.views, batch)), time.perf_counter() - tick)
+                    cost = sum(item.cost for item in chosen.items)
+                    state.observe(WorkClass.VIDEO, cost, time.perf_counter() - tick, time.time())
         except Exception as exc:
             return chunk.conclude(exc)
         finally:

@@ -49,8 +49,6 @@ logger = logging.getLogger(__name__)
 RQ_HEARTBEAT_S = 10.0
 REDIS_OUTAGE_S = 60.0  # a worker's Redis calls retry through an outage this long (Redis restarted, failed over)
 IDLE_S = 0.5  # the longest the loop sleeps without work (sources wake it sooner)
-VIDEO_SHARE = 0.5  # the device time a waiting video is guaranteed
-STREAM_PATIENCE_S = 0.25  # a live frame that waited this long goes before images
 
 
 def default_worker_name() -> str:
@@ -167,8 +165,6 @@ class BatchingWorker(rqueue.RqWorker):
             max_pass_cost=settings.max_pass_pixels,
             pass_target_s=settings.pass_target_ms / 1000.0,
             max_delay_s=settings.max_delay_ms / 1000.0,
-            video_share=VIDEO_SHARE,
-            stream_patience_s=STREAM_PATIENCE_S,
             linger_s=settings.interactive_linger_ms / 1000.0,
             express_after_s=2 * settings.pass_target_ms / 1000.0,
         )

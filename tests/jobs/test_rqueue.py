@@ -46,7 +46,7 @@ def test_enqueue_writes_the_keys_the_adapter_names(redis_connection: redis.Redis
     assert [item.decode() for item in redis_connection.lrange(key, 0, -1)] == [job.job_id for job in jobs]
     stored = rqueue.fetch(redis_connection, jobs[0].job_id)
     assert stored is not None and stored.key == rqueue.job_keys(jobs[0].job_id)[0]
-    assert rqueue.payload_of(stored) == {"kind": "image", "n": 1} and rqueue.status_of(stored) == "queued"
+    assert rqueue.payload_of(stored) == {"kind": "image", "n": 1} and stored.get_status() == "queued"
     assert rqueue.fetch(redis_connection, "no-such-job") is None
 
 
@@ -132,13 +132,13 @@ def test_an_abandoned_job_is_retried_then_failed(redis_connection: redis.Redis, 
     assert not rqueue.holder_gone(redis_connection, stored, worker_key)
     rqueue.requeue(target, stored)
     assert rqueue.retries_of(rqueue.fetch(redis_connection, job.job_id)) == 1
-    assert rqueue.status_of(rqueue.fetch(redis_connection, job.job_id)) == "queued"
+    assert rqueue.fetch(redis_connection, job.job_id).get_status() == "queued"
     assert redis_connection.lindex(rqueue.queue_key(name), 0).decode() == job.job_id
     assert job.job_id not in rqueue.started_job_ids(target)
     again = dead.pop(name)
     dead.start(again)
     rqueue.fail_abandoned(target, rqueue.fetch(redis_connection, job.job_id), "worker vanished")
-    assert rqueue.status_of(rqueue.fetch(redis_connection, job.job_id)) == "failed"
+    assert rqueue.fetch(redis_connection, job.job_id).get_status() == "failed"
     assert job.job_id not in rqueue.started_job_ids(target)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.batching import AdaptiveBatcher, group_positions, pair_outputs, split_by_cost
+from worker.batching import group_positions, pair_outputs, split_by_cost
 
 
 def test_group_and_pair() -> None:
@@ -13,18 +13,6 @@ def test_group_and_pair() -> None:
     assert pair_outputs(["x", "y"], [1, 2], "step") == [("x", 1), ("y", 2)]
     with pytest.raises(RuntimeError, match="1 outputs for 2 inputs"):
         pair_outputs(["x", "y"], [1], "step")
-
-
-def test_adaptive_batches_stay_near_the_time_target() -> None:
-    batcher = AdaptiveBatcher(max_size=8, target_s=0.25)
-    assert batcher.size == 1  # the first batch measures
-    batcher.observe(images=1, seconds=0.001)  # a fast device: full batches
-    assert batcher.size == 8
-    slow = AdaptiveBatcher(max_size=8, target_s=0.25)
-    slow.observe(images=1, seconds=0.1)  # 0.1 s per image: two fit the target
-    assert slow.size == 2
-    slow.observe(images=2, seconds=1.0)  # it got slower: single images
-    assert slow.size == 1
 
 
 def test_passes_are_cut_to_fit_the_memory_budget() -> None:
